@@ -164,6 +164,8 @@ CHANNEL_LAYERS = {
             # tests/test_websocket_idle.py keeps a socket idle for longer to guard this.
             "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
             "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "asgi"),
+            # The model servers' shared request channel holds every waiting learner's request.
+            "capacity": 1000,
         },
     }
 }
@@ -238,3 +240,14 @@ LESSONS_DIR = Path(os.environ.get("LESSONS_DIR", BASE_DIR / "lessons" / "content
 _DEFAULT_MODEL_PATH = DATA_DIR / "models" / "smollm2-135m-instruct"
 MODEL_PATH = Path(os.environ.get("MODEL_PATH") or _DEFAULT_MODEL_PATH)
 MODEL_PATH_IS_DEFAULT = MODEL_PATH == _DEFAULT_MODEL_PATH
+MODEL_DEVICE = os.environ.get("MODEL_DEVICE", "")  # empty: CUDA when present, else CPU
+# Rows decoded together at each step; more wait in a queue and see their position.
+MODEL_MAX_ROWS = envint("MODEL_MAX_ROWS", 16, minimum=1)
+MODEL_MAX_CONTEXT = envint("MODEL_MAX_CONTEXT", 2048, minimum=64)
+# Prompt tokens read per step in all, so a long prompt cannot stall the rows already decoding.
+MODEL_PREFILL_CHUNK = envint("MODEL_PREFILL_CHUNK", 64, minimum=1)
+MODEL_MAX_QUEUE = envint("MODEL_MAX_QUEUE", 256, minimum=1)
+# Every request ends after this many seconds, whatever happens to the learner's connection.
+MODEL_REQUEST_TIMEOUT = envint("MODEL_REQUEST_TIMEOUT", 120, minimum=1)
+# Requests a learner may send to the model per minute over websockets.
+MODEL_WS_RATE_PER_MINUTE = envint("MODEL_WS_RATE_PER_MINUTE", 240, minimum=1)

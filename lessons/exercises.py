@@ -29,12 +29,14 @@ EXERCISES: dict[str, Exercise] = {
             "Click among the model's next-token candidates and their probabilities to build a "
             "sentence one token at a time, then see how likely the model found your choices.",
             ("prompt",),
+            "exercises/_next_token.html",
         ),
         Exercise(
             "generate",
             "Generation playground",
             "Give the model a prompt, set temperature, top-k and top-p, and watch it write token by token.",
             ("prompt", "chat"),
+            "exercises/_generate.html",
         ),
         Exercise(
             "inside-the-model",

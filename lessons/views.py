@@ -131,10 +131,12 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 def _segments(lesson: Lesson) -> list[dict]:
     segments = []
-    for segment in lesson.segments:
+    for number, segment in enumerate(lesson.segments, start=1):
         if "exercise" in segment:
             exercise = EXERCISES.get(segment["exercise"])
-            segments.append({"exercise": exercise, "options": segment.get("options", {})})
+            # uid: unique on the page, names the widget's elements and its websocket.
+            uid = f"{lesson.key}-{number}"
+            segments.append({"exercise": exercise, "options": segment.get("options", {}), "uid": uid})
         else:
             segments.append(segment)
     return segments

@@ -26,10 +26,10 @@ def test_sign_up_read_a_lesson_answer_the_quiz_and_see_progress(page: Page, serv
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_test_id("overall-progress")).to_contain_text(f"0 of {total} lessons done")
 
-    # Read the first lesson: prose, a "coming soon" exercise box, the quiz.
+    # Read the first lesson: prose, the live exercise, the quiz.
     page.get_by_role("link", name="Predicting the next word").first.click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Predicting the next word")
-    expect(page.locator(".exercise.coming-soon").first).to_contain_text("Complete the sentence")
+    expect(page.locator(".exercise.next-token")).to_contain_text("Complete the sentence")
 
     # Answering swaps the question in place, without a page load: this marker would vanish.
     page.evaluate("window.__stillTheSamePage = true")

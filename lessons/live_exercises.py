@@ -1,0 +1,211 @@
+"""What the live exercise widgets do with a learner's clicks, and how they show the model's replies.
+
+Called by `ExerciseConsumer`. Every message carries the widget's whole state (its form), so each
+handler rebuilds what it needs from the message; `context` travels with a model request and
+says what to do with its events.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from workers.inference.sampling import BadRequest
+from workers.inference.tokenizer import course_tokenizer
+
+if TYPE_CHECKING:
+    from lessons.consumers import ExerciseConsumer
+
+MAX_CHOSEN = 200
+KEEP_GOING_TOKENS = 40
+CANDIDATES = 8
+SAMPLER_FIELDS = ("temperature", "top_k", "top_p", "seed")
+
+
+def _ids(raw: Any) -> list[int]:
+    if not raw:
+        return []
+    if not isinstance(raw, str) or not re.fullmatch(r"\d+(,\d+)*", raw):
+        raise BadRequest("the chosen tokens are garbled: reset the exercise")
+    ids = [int(part) for part in raw.split(",")]
+    if len(ids) > MAX_CHOSEN:
+        raise BadRequest(f"at most {MAX_CHOSEN} tokens: reset or undo")
+    return ids
+
+
+def _sampler(message: dict[str, Any]) -> dict[str, Any]:
+    return {name: message.get(name, "") for name in SAMPLER_FIELDS}
+
+
+def _pieces(ids: list[int]) -> list[dict[str, Any]]:
+    tokenizer = course_tokenizer()
+    return [{"id": i, "text": tokenizer.decode([i])} for i in ids]
+
+
+def _prompt(message: dict[str, Any]) -> str:
+    prompt = message.get("prompt", "")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest("type a prompt first")
+    return prompt
+
+
+async def handle(consumer: ExerciseConsumer, message: dict[str, Any]) -> None:
+    exercise = message.get("exercise")
+    action = message.get("action") or ("choose" if message.get("choose") else "")
+    widget = consumer.widget
+    # A new action replaces whatever this widget was still waiting for.
+    for request_id, context in list(consumer.requests.items()):
+        if context.get("widget") == widget:
+            await consumer.cancel_request(request_id)
+            if context.get("streaming"):
+                # Keep what the model wrote so far: the next action starts from there.
+                message["chosen"] = ",".join(map(str, context["chosen"] + context["generated"]))
+                await _finish_stream(consumer, context, "stopped")
+    if action == "stop":
+        return
+    if exercise == "next-token":
+        await _next_token(consumer, widget, action, message)
+    elif exercise == "generate":
+        await _generate(consumer, widget, action, message)
+    else:
+        raise BadRequest("this exercise does not talk to the model")
+
+
+# --- Complete the sentence ----------------------------------------------------------------------------
+
+
+async def _next_token(consumer: ExerciseConsumer, widget: str, action: str, message: dict[str, Any]) -> None:
+    prompt = _prompt(message)
+    chosen = _ids(message.get("chosen", ""))
+    if action == "choose":
+        token = str(message.get("choose", ""))
+        if not token.isdigit():
+            raise BadRequest("pick one of the candidates")
+        chosen.append(int(token))
+    elif action == "undo":
+        chosen = chosen[:-1]
+    elif action == "reset":
+        chosen = []
+    elif action not in {"candidates", "sample", "go", "score"}:
+        raise BadRequest(f"unknown action {action!r}")
+
+    streaming = action in {"sample", "go"}
+    context = {
+        "widget": widget,
+        "kind": "next-token",
+        "prompt": prompt,
+        "chosen": chosen,
+        "generated": [],
+        "streaming": streaming,
+    }
+    await consumer.send_html(
+        "exercises/_nt_sentence.html", {"widget": widget, "prompt": prompt, "pieces": _pieces(chosen), "chosen": chosen}
+    )
+    if action == "score":
+        if not chosen:
+            raise BadRequest("add at least one token to the sentence before scoring it")
+        context.update(step="score-mine")
+        params = {"max_tokens": 0}
+        await consumer.submit(context, prompt, params, mode="score", continuation_ids=chosen)
+        return
+    max_tokens = {"sample": 1, "go": KEEP_GOING_TOKENS}.get(action, 0)
+    params = {**_sampler(message), "max_tokens": max_tokens, "candidates": CANDIDATES}
+    if max_tokens:
+        await consumer.send_html("exercises/_nt_busy.html", {"widget": widget, "streaming": action == "go"})
+    await consumer.submit(context, prompt, params, prompt_ids=chosen)
+
+
+async def _finish_stream(consumer: ExerciseConsumer, context: dict[str, Any], reason: str) -> None:
+    """The sentence now ends with what the model wrote: store it in the widget's form."""
+    if context.get("kind") == "next-token":
+        chosen = context["chosen"] + context["generated"]
+        await consumer.send_html(
+            "exercises/_nt_sentence.html",
+            {"widget": context["widget"], "prompt": context["prompt"], "pieces": _pieces(chosen), "chosen": chosen},
+        )
+        await consumer.send_html("exercises/_nt_busy.html", {"widget": context["widget"], "done": reason})
+    elif context.get("kind") == "generate":
+        await consumer.send_html(
+            "exercises/_gen_done.html", {"widget": context["widget"], "reason": reason, "usage": {}}
+        )
+
+
+# --- Generation playground ----------------------------------------------------------------------------
+
+
+async def _generate(consumer: ExerciseConsumer, widget: str, action: str, message: dict[str, Any]) -> None:
+    if action != "generate":
+        raise BadRequest(f"unknown action {action!r}")
+    prompt = _prompt(message)
+    params = {**_sampler(message), "max_tokens": message.get("max_tokens", "")}
+    context = {"widget": widget, "kind": "generate", "count": 0}
+    chat = message.get("chat") in {"on", "true", "1", True}
+    if await consumer.submit(context, prompt, params, chat=chat):
+        await consumer.send_html("exercises/_gen_start.html", {"widget": widget, "prompt": prompt, "chat": chat})
+
+
+# --- What comes back ------------------------------------------------------------------------------------
+
+
+async def on_event(consumer: ExerciseConsumer, kind: str, event: dict[str, Any], context: dict[str, Any]) -> None:
+    widget = context["widget"]
+    if kind == "error":
+        await consumer.error(event["error"], context)
+    elif kind == "queued":
+        await consumer.send_html("exercises/_queued.html", {"widget": widget, "position": event["position"]})
+    elif kind == "started":
+        await consumer.send_html("exercises/_queued.html", {"widget": widget, "position": 0})
+    elif context["kind"] == "next-token":
+        await _next_token_event(consumer, kind, event, context)
+    elif kind == "tokens":
+        context["count"] += len(event["tokens"])
+        await consumer.send_html("exercises/_gen_tokens.html", {"widget": widget, "tokens": event["tokens"]})
+    elif kind == "done":
+        await consumer.send_html(
+            "exercises/_gen_done.html", {"widget": widget, "reason": event["reason"], "usage": event.get("usage", {})}
+        )
+
+
+async def _next_token_event(
+    consumer: ExerciseConsumer, kind: str, event: dict[str, Any], context: dict[str, Any]
+) -> None:
+    widget = context["widget"]
+    if kind == "tokens":
+        context["generated"] += [token["id"] for token in event["tokens"]]
+        if context.get("step") != "greedy":  # the greedy comparison path is scored, not shown
+            await consumer.send_html("exercises/_nt_append.html", {"widget": widget, "tokens": event["tokens"]})
+    elif kind == "candidates" and context.get("streaming"):
+        context["last_candidates"] = event  # shown when the stream ends, not at every token
+    elif kind == "candidates":
+        await _show_candidates(consumer, widget, event)
+    elif kind == "scored" and context["step"] == "score-mine":
+        # Then the greedy path of the same length, to compare with.
+        follow_up = {**context, "step": "greedy", "mine": event, "generated": []}
+        params = {"temperature": 0, "max_tokens": len(context["chosen"])}
+        await consumer.submit(follow_up, context["prompt"], params)
+    elif kind == "scored" and context["step"] == "score-greedy":
+        await consumer.send_html(
+            "exercises/_nt_score.html",
+            {"widget": widget, "mine": context["mine"], "greedy": event, "count": len(context["chosen"])},
+        )
+    elif kind == "done" and context.get("step") == "greedy":
+        greedy_ids = context["generated"]
+        if not greedy_ids:
+            await consumer.error("the model ended its greedy path at once; nothing to compare", context)
+            return
+        follow_up = {**context, "step": "score-greedy"}
+        await consumer.submit(
+            follow_up, context["prompt"], {"max_tokens": 0}, mode="score", continuation_ids=greedy_ids
+        )
+    elif kind == "done" and context.get("step") not in {"score-mine", "score-greedy"}:
+        if context["generated"]:
+            await _finish_stream(consumer, context, event["reason"])
+        else:
+            await consumer.send_html("exercises/_nt_busy.html", {"widget": widget, "done": ""})
+        if context.get("last_candidates"):
+            await _show_candidates(consumer, widget, context["last_candidates"])
+
+
+async def _show_candidates(consumer: ExerciseConsumer, widget: str, event: dict[str, Any]) -> None:
+    context = {"widget": widget, "raw": event["raw"], "adjusted": event["adjusted"]}
+    await consumer.send_html("exercises/_nt_candidates.html", context)

@@ -1,0 +1,187 @@
+"""A forward pass over a Llama-architecture model for many rows of different lengths at once.
+
+Hugging Face's model classes pad a batch to one shape; continuous batching needs rows that
+join and leave at every step, each at its own position. This runner uses the loaded model's
+weights with its own small forward pass:
+
+- every row owns a slot in a key/value cache (one tensor per layer, [slots, kv_heads, T, d]);
+- one step takes *segments*: a row's next chunk of tokens (a prompt chunk, or the one token it
+  just sampled). All tokens of all segments go through each linear layer as one matrix, which
+  is where the time goes; attention is done per kind of segment against the rows' caches;
+- logits are computed only where someone needs them (the last token of a segment, or every
+  token when a row is being scored), because the 49,152-way output layer is the largest one.
+
+The result equals the Hugging Face model's logits (tests/inference/test_runner.py checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Segment:
+    slot: int
+    start: int  # position of the first token (= tokens of this row already in the cache)
+    tokens: list[int]
+    all_logits: bool = False  # logits for every token, not just the last
+
+
+class LlamaRunner:
+    def __init__(self, model, max_slots: int, max_context: int) -> None:
+        config = model.config
+        if config.model_type not in {"llama", "mistral", "qwen2"} or getattr(config, "attention_bias", False):
+            raise ValueError(f"the batching engine runs Llama-style models, not {config.model_type!r}")
+        self.model = model.eval()
+        self.config = config
+        self.layers = model.model.layers
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.max_slots = max_slots
+        self.max_context = max_context
+        weight = model.model.embed_tokens.weight
+        self.dtype, self.device = weight.dtype, weight.device
+        # Fewer, larger matrix products: q, k and v as one, gate and up as one.
+        self.qkv = [
+            torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight])
+            for layer in self.layers
+        ]
+        self.gate_up = [torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]) for layer in self.layers]
+        self.q_size = self.n_heads * self.head_dim
+        self.kv_size = self.n_kv * self.head_dim
+        self.eps = config.rms_norm_eps
+        self._rope(max_context)
+        self.capacity = 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self._grow(min(256, max_context))
+
+    def _rope(self, length: int) -> None:
+        inv_freq = self.model.model.rotary_emb.inv_freq.to(torch.float32)
+        scaling = getattr(self.model.model.rotary_emb, "attention_scaling", 1.0)
+        angles = torch.outer(torch.arange(length, dtype=torch.float32, device=inv_freq.device), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        self.cos = (angles.cos() * scaling).to(self.dtype)
+        self.sin = (angles.sin() * scaling).to(self.dtype)
+
+    def _grow(self, capacity: int) -> None:
+        """Make room for `capacity` positions per slot, keeping what the cache holds."""
+        capacity = min(capacity, self.max_context)
+        if capacity <= self.capacity:
+            return
+        shape = (self.max_slots, self.n_kv, capacity, self.head_dim)
+        new_k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        new_v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        for old, new in ((self.k, new_k), (self.v, new_v)):
+            for layer, tensor in enumerate(old):
+                new[layer][:, :, : self.capacity] = tensor
+        self.k, self.v, self.capacity = new_k, new_v, capacity
+
+    def move_slot(self, source: int, target: int, length: int) -> None:
+        """Copy a row's cache to another slot (to keep the active slots packed at the front)."""
+        for cache in (*self.k, *self.v):
+            cache[target, :, :length] = cache[source, :, :length]
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return weight * (x * torch.rsqrt(variance + self.eps))
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    @torch.inference_mode()
+    def forward(self, segments: list[Segment]) -> list[torch.Tensor]:
+        """Runs one step; returns, per segment, float32 logits [n, vocab] (n = 1 or all tokens)."""
+        end = max(s.start + len(s.tokens) for s in segments)
+        if end > self.max_context:
+            raise ValueError("a row is longer than the context")
+        if end > self.capacity:
+            self._grow(max(end, self.capacity * 2))
+
+        ids = torch.tensor([t for s in segments for t in s.tokens], device=self.device)
+        positions = torch.cat([torch.arange(s.start, s.start + len(s.tokens)) for s in segments]).to(self.device)
+        slots = torch.cat([torch.full((len(s.tokens),), s.slot) for s in segments]).to(self.device)
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+        # Rows decoding one token are batched together; longer segments (prompt chunks) each
+        # attend on their own with a causal mask.
+        offsets, offset = [], 0
+        for s in segments:
+            offsets.append(offset)
+            offset += len(s.tokens)
+        singles = [i for i, s in enumerate(segments) if len(s.tokens) == 1]
+        chunks = [i for i, s in enumerate(segments) if len(s.tokens) > 1]
+        if singles:
+            single_rows = torch.tensor([offsets[i] for i in singles], device=self.device)
+            single_slots = torch.tensor([segments[i].slot for i in singles], device=self.device)
+            span = max(segments[i].slot for i in singles) + 1
+            length = max(segments[i].start for i in singles) + 1
+            # Attention over the packed slot range [0, span): slots that are not decoding this
+            # step get a dummy query that may only look at position 0; their output is dropped.
+            key_pos = torch.arange(length, device=self.device)
+            limit = torch.zeros(span, dtype=torch.long, device=self.device)
+            limit[single_slots] = torch.tensor([segments[i].start for i in singles], device=self.device)
+            single_mask = (key_pos[None, :] <= limit[:, None])[:, None, None, :]
+
+        x = self.model.model.embed_tokens(ids)
+        for index, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = self._rms_norm(x, layer.input_layernorm.weight)
+            qkv = F.linear(h, self.qkv[index])
+            q = qkv[:, : self.q_size].view(-1, self.n_heads, self.head_dim)
+            k = qkv[:, self.q_size : self.q_size + self.kv_size].view(-1, self.n_kv, self.head_dim)
+            v = qkv[:, self.q_size + self.kv_size :].view(-1, self.n_kv, self.head_dim)
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+            self.k[index][slots, :, positions] = k
+            self.v[index][slots, :, positions] = v
+
+            out = torch.empty_like(q)
+            if singles:
+                queries = torch.zeros(span, self.n_heads, 1, self.head_dim, dtype=q.dtype, device=self.device)
+                queries[single_slots, :, 0] = q[single_rows]
+                attended = F.scaled_dot_product_attention(
+                    queries,
+                    self.k[index][:span, :, :length],
+                    self.v[index][:span, :, :length],
+                    attn_mask=single_mask,
+                    enable_gqa=True,
+                )
+                out[single_rows] = attended[single_slots, :, 0]
+            for i in chunks:
+                s = segments[i]
+                n, stop = len(s.tokens), s.start + len(s.tokens)
+                rows = slice(offsets[i], offsets[i] + n)
+                mask = (
+                    torch.arange(stop, device=self.device)[None, :]
+                    <= torch.arange(s.start, stop, device=self.device)[:, None]
+                )
+                attended = F.scaled_dot_product_attention(
+                    q[rows].transpose(0, 1).unsqueeze(0),
+                    self.k[index][s.slot : s.slot + 1, :, :stop],
+                    self.v[index][s.slot : s.slot + 1, :, :stop],
+                    attn_mask=mask,
+                    enable_gqa=True,
+                )
+                out[rows] = attended[0].transpose(0, 1)
+            x = x + attn.o_proj(out.reshape(-1, self.q_size))
+            h = self._rms_norm(x, layer.post_attention_layernorm.weight)
+            gate, up = F.linear(h, self.gate_up[index]).chunk(2, dim=-1)
+            x = x + layer.mlp.down_proj(F.silu(gate) * up)
+
+        wanted = []
+        for i, s in enumerate(segments):
+            first = offsets[i] if s.all_logits else offsets[i] + len(s.tokens) - 1
+            wanted.append((first, offsets[i] + len(s.tokens)))
+        picked = torch.cat([x[a:b] for a, b in wanted])
+        logits = self.model.lm_head(self._rms_norm(picked, self.model.model.norm.weight)).float()
+        results, at = [], 0
+        for a, b in wanted:
+            results.append(logits[at : at + b - a])
+            at += b - a
+        return results

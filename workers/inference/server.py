@@ -1,0 +1,223 @@
+"""The model server: one process that owns the model and serves every learner.
+
+It reads requests from the channel layer, feeds them to the batching Engine, and sends each
+request's events back to the web process that asked. The engine's steps run in a thread, so the
+event loop keeps receiving requests and cancels while the model computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.inference.engine import Engine, Event, Request
+from workers.inference.protocol import MODES, REQUEST_CHANNEL, SERVERS_GROUP, announce
+from workers.inference.sampling import BadRequest, SamplingParams
+
+log = logging.getLogger("workers.model_server")
+
+# Token frames are sent at most this often per request: one channel message per token would
+# cost more than the token on a fast device.
+FRAME_INTERVAL = 0.04
+MAX_PROMPT_CHARS = 20_000
+
+
+@dataclass
+class _Pending:
+    reply_channel: str
+    owner: str
+    text: str = ""
+    tokens: list[dict[str, Any]] = field(default_factory=list)
+    last_sent: float = 0.0
+
+
+class ModelServer:
+    def __init__(self, engine: Engine, layer, redis_url: str, chat_template=None, model_name: str = "") -> None:
+        self.engine = engine
+        self.layer = layer
+        self.redis_url = redis_url
+        self.chat_template = chat_template  # callable(prompt) -> text, or None
+        self.model_name = model_name
+        self.server_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.pending: dict[str, _Pending] = {}
+        self.by_owner: dict[str, str] = {}
+        self.inbox: list[dict[str, Any]] = []
+        self.wakeup = asyncio.Event()
+        self.stopping = False
+        # Cancels that arrived before their request (it was still in the shared channel).
+        self.early_cancels: dict[str, float] = {}
+
+    async def run(self) -> None:
+        self.own_channel = await self.layer.new_channel("model-server.")
+        await self.layer.group_add(SERVERS_GROUP, self.own_channel)
+        tasks = [
+            asyncio.create_task(self._receive_requests()),
+            asyncio.create_task(self._receive_cancels()),
+            asyncio.create_task(self._announce()),
+            asyncio.create_task(self._work()),
+        ]
+        log.info("model server %s ready on %s", self.server_id, REQUEST_CHANNEL)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self.layer.group_discard(SERVERS_GROUP, self.own_channel)
+
+    # --- receiving ---------------------------------------------------------------------------------
+
+    async def _receive_requests(self) -> None:
+        while not self.stopping:
+            # Take a request only when there is room to run or queue it here, so that with
+            # several servers the waiting requests stay in the shared channel for whoever frees up.
+            if len(self.engine.queue) >= self.engine.max_queue:
+                await asyncio.sleep(0.05)
+                continue
+            message = await self.layer.receive(REQUEST_CHANNEL)
+            self.inbox.append(message)
+            self.wakeup.set()
+
+    async def _receive_cancels(self) -> None:
+        while not self.stopping:
+            message = await self.layer.receive(self.own_channel)
+            if message.get("type") == "model.cancel":
+                self.inbox.append(message)
+                self.wakeup.set()
+
+    async def _announce(self) -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.redis_url)
+        try:
+            while not self.stopping:
+                info = {
+                    "model": self.model_name,
+                    "rows": len(self.engine.rows),
+                    "max_rows": self.engine.max_rows,
+                    "queued": len(self.engine.queue),
+                    "device": str(self.engine.runner.device),
+                }
+                await announce(client, self.server_id, info)
+                await asyncio.sleep(2)
+        finally:
+            await client.aclose()
+
+    # --- working ------------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while not self.stopping:
+            events = self._take_inbox()
+            await self._dispatch(events)
+            if self.engine.has_work():
+                events = await asyncio.to_thread(self.engine.step)
+                await self._dispatch(events)
+            else:
+                await self._flush_all()
+                self.wakeup.clear()
+                if not self.inbox:
+                    await self.wakeup.wait()
+
+    def _take_inbox(self) -> list[Event]:
+        events: list[Event] = []
+        now = time.monotonic()
+        self.early_cancels = {k: v for k, v in self.early_cancels.items() if v > now}
+        messages, self.inbox = self.inbox, []
+        for message in messages:
+            request_id = str(message.get("request_id", ""))
+            if message.get("type") == "model.cancel":
+                if request_id in self.pending:
+                    events += self.engine.cancel(request_id)
+                else:
+                    self.early_cancels[request_id] = now + 120
+                continue
+            if request_id in self.early_cancels:
+                continue
+            events += self._admit(message, request_id)
+        return events
+
+    def _admit(self, message: dict[str, Any], request_id: str) -> list[Event]:
+        reply_channel = message.get("reply_channel")
+        if not request_id or not reply_channel:
+            log.warning("dropped a malformed request: %r", {k: message.get(k) for k in ("request_id", "reply_channel")})
+            return []
+        owner = str(message.get("owner", ""))
+        self.pending[request_id] = _Pending(reply_channel, owner)
+        try:
+            request = self._build(message, request_id, owner)
+        except BadRequest as exc:
+            return [Event("error", request_id, {"error": str(exc)})]
+        events = []
+        # One generation at a time per learner: a new request replaces the one still running.
+        previous = self.by_owner.get(owner) if owner else None
+        if previous and previous in self.pending:
+            events += self.engine.cancel(previous)
+        if owner:
+            self.by_owner[owner] = request_id
+        return events + self.engine.submit(request)
+
+    def _build(self, message: dict[str, Any], request_id: str, owner: str) -> Request:
+        mode = message.get("mode", "generate")
+        if mode not in MODES:
+            raise BadRequest(f"unknown mode {mode!r}")
+        params = SamplingParams.from_dict(message.get("params") or {})
+        prompt_ids = [int(i) for i in message.get("prompt_ids") or []]
+        continuation_ids = [int(i) for i in message.get("continuation_ids") or []]
+        vocab = self.engine.runner.config.vocab_size
+        if any(not 0 <= i < vocab for i in prompt_ids + continuation_ids):
+            raise BadRequest(f"token ids must be between 0 and {vocab - 1}")
+        prompt = message.get("prompt") or ""
+        if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+            raise BadRequest(f"the prompt must be text of at most {MAX_PROMPT_CHARS:,} characters")
+        if prompt:
+            if message.get("chat") and self.chat_template:
+                prompt = self.chat_template(prompt)
+            prompt_ids = self.engine.tokenizer.encode(prompt, add_special_tokens=False).ids + prompt_ids
+        timeout = float(message.get("timeout") or 120)
+        deadline = time.monotonic() + timeout if math.isfinite(timeout) and timeout > 0 else math.inf
+        return Request(request_id, prompt_ids, params, owner, deadline, mode, continuation_ids)
+
+    # --- replying -----------------------------------------------------------------------------------
+
+    async def _dispatch(self, events: list[Event]) -> None:
+        now = time.monotonic()
+        for event in events:
+            pending = self.pending.get(event.request_id)
+            if pending is None:
+                continue
+            if event.kind == "token":
+                pending.text += event.data["text"]
+                pending.tokens.append(event.data)
+                continue
+            await self._flush(event.request_id, pending, now)
+            await self._send(pending, event.request_id, event.kind, event.data)
+            if event.kind in {"done", "error"}:
+                self.pending.pop(event.request_id, None)
+                if self.by_owner.get(pending.owner) == event.request_id:
+                    del self.by_owner[pending.owner]
+        for request_id, pending in list(self.pending.items()):
+            if pending.tokens and now - pending.last_sent >= FRAME_INTERVAL:
+                await self._flush(request_id, pending, now)
+
+    async def _flush(self, request_id: str, pending: _Pending, now: float) -> None:
+        if pending.tokens:
+            await self._send(pending, request_id, "tokens", {"text": pending.text, "tokens": pending.tokens})
+            pending.text, pending.tokens, pending.last_sent = "", [], now
+
+    async def _flush_all(self) -> None:
+        now = time.monotonic()
+        for request_id, pending in list(self.pending.items()):
+            await self._flush(request_id, pending, now)
+
+    async def _send(self, pending: _Pending, request_id: str, kind: str, data: dict[str, Any]) -> None:
+        message = {"type": "model.event", "request_id": request_id, "kind": kind, **data}
+        try:
+            await self.layer.send(pending.reply_channel, message)
+        except Exception:  # a full or vanished reply channel must not stop the server
+            log.warning("could not reply to %s for %s", pending.reply_channel, request_id, exc_info=True)
