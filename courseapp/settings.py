@@ -251,3 +251,45 @@ MODEL_MAX_QUEUE = envint("MODEL_MAX_QUEUE", 256, minimum=1)
 MODEL_REQUEST_TIMEOUT = envint("MODEL_REQUEST_TIMEOUT", 120, minimum=1)
 # Requests a learner may send to the model per minute over websockets.
 MODEL_WS_RATE_PER_MINUTE = envint("MODEL_WS_RATE_PER_MINUTE", 240, minimum=1)
+
+# --- Jobs: training on the Celery queues (workers.jobs) ----------------------------------------
+
+# A learner may have this many jobs queued or running at once; more are refused with a message.
+JOB_MAX_ACTIVE_PER_USER = envint("JOB_MAX_ACTIVE_PER_USER", 2, minimum=1)
+# Uploaded training text, in bytes. Checked while the upload streams in, so a bigger file stops
+# there; the reverse proxy should refuse bigger requests too (daphne buffers a whole request).
+JOB_UPLOAD_MAX_BYTES = envint("JOB_UPLOAD_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
+# A running job writes a heartbeat at least this often; the reaper fails a job silent for
+# JOB_HEARTBEAT_TIMEOUT seconds (its worker died: SIGKILL, out of memory), checking every
+# JOB_REAPER_INTERVAL seconds.
+JOB_HEARTBEAT_SECONDS = envint("JOB_HEARTBEAT_SECONDS", 10, minimum=1)
+JOB_HEARTBEAT_TIMEOUT = envint("JOB_HEARTBEAT_TIMEOUT", 60, minimum=2)
+JOB_REAPER_INTERVAL = envint("JOB_REAPER_INTERVAL", 30, minimum=1)
+if JOB_HEARTBEAT_TIMEOUT <= JOB_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("JOB_HEARTBEAT_TIMEOUT must be longer than JOB_HEARTBEAT_SECONDS")
+# Finished jobs' files (tokenizer.json, adapters), one folder per job; and uploads while a job waits.
+ARTIFACTS_DIR = Path(os.environ.get("ARTIFACTS_DIR") or DATA_DIR / "artifacts")
+UPLOADS_DIR = Path(os.environ.get("UPLOADS_DIR") or DATA_DIR / "uploads")
+
+# Each kind of job goes to the queue of the workers that can run it: CPU work to "cpu", GPU work
+# to "gpu" (docker-compose.yml runs a worker for each). Job.queue is read from here.
+CELERY_TASK_ROUTES = {
+    "workers.tasks.train_tokenizer": {"queue": "cpu"},
+    "workers.tasks.reap_jobs": {"queue": "cpu"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-jobs": {
+        "task": "workers.tasks.reap_jobs",
+        "schedule": JOB_REAPER_INTERVAL,
+        # A reaper message nobody took in time is useless: the next one is already on its way.
+        "options": {"expires": JOB_REAPER_INTERVAL},
+    },
+}
+
+# The web server and the workers write to the same SQLite file: in WAL mode readers do not wait
+# for a writer, IMMEDIATE transactions take the write lock up front instead of failing halfway,
+# and a busy database is waited for (20 s) rather than reported as "database is locked".
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL"}
+    )

@@ -17,3 +17,14 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
 # Serve static files straight from static/, as in development, without a collectstatic step.
 WHITENOISE_USE_FINDERS = True
+
+# Tests that run a real Celery worker in a subprocess need a database both processes can open:
+# SQLite in a file of this test process (pytest-django would keep it in memory), which the
+# worker is pointed at (tests/jobs/conftest.py). PostgreSQL test databases are shared already.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    import tempfile
+    from pathlib import Path
+
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": str(Path(tempfile.gettempdir()) / f"course-tests-{os.getpid()}.sqlite3")
+    }
