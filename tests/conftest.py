@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
+
+from tests.model_server import start_model_server, stop
 from django.contrib.auth.models import User
 from django.test import Client
 
@@ -9,6 +11,17 @@ from lessons.loader import load_course
 from lessons.sync import sync_course
 
 PASSWORD = "a-long-test-password-42"
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer():
+    """A new channel layer per test: its asyncio locks belong to one event loop, and
+    pytest-asyncio gives every test a loop of its own."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +67,13 @@ def classmate_client(classmate) -> Client:
     client = Client()
     client.force_login(classmate)
     return client
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory):
+    """A real `serve_model` process on the tests' Redis, with room for 2 rows (so queues form)."""
+    proc = start_model_server(
+        settings.REDIS_URL, tmp_path_factory.mktemp("model") / "serve_model.log", MODEL_MAX_ROWS="2"
+    )
+    yield proc
+    stop(proc)

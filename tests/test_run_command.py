@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from django.conf import settings
+
+from workers.inference.protocol import live_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,9 +89,11 @@ def test_run_starts_redis_worker_and_web_and_ctrl_c_stops_them(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as response:
             assert "How large language models work" in response.read().decode()
 
-        # The worker answers on the private Redis.
+        # The worker answers on the private Redis, and the model server has announced itself.
         replies = Celery(broker=redis_url).control.ping(timeout=5)
         assert any(name.startswith("course-") for reply in replies for name in reply), replies
+        servers = asyncio.run(live_servers(redis_url))
+        assert [server["model"] for server in servers] == [settings.MODEL_PATH.name]
 
         # A second launcher on the same data refuses to start, and harms nothing.
         second = subprocess.run(
@@ -106,7 +111,7 @@ def test_run_starts_redis_worker_and_web_and_ctrl_c_stops_them(tmp_path):
 
     assert launcher.proc.returncode == 0, output
     pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
-    assert len(pids) == 3, output  # redis, worker, web
+    assert len(pids) == 4, output  # redis, worker, model server, web
     assert not [pid for pid in pids if alive(pid)]
     assert "Stopped every process this command started" in output
 

@@ -1,0 +1,55 @@
+"""The batching forward pass gives the same logits as the Hugging Face model it borrows weights from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.inference.conftest import ids
+from workers.inference.runner import LlamaRunner, Segment
+
+
+@pytest.mark.parametrize("which", ["tiny", "real"])
+def test_ragged_batches_match_the_reference_model(request, which):
+    model, tokenizer = request.getfixturevalue(which)
+    runner = LlamaRunner(model, max_slots=4, max_context=256)
+    a = ids(tokenizer, "The capital of France is")
+    b = ids(tokenizer, "The cat sat on the mat and then it")
+    with torch.no_grad():
+        ref_a = model(torch.tensor([a])).logits[0]
+        ref_b = model(torch.tensor([b])).logits[0]
+
+    # a's prompt in two chunks, b's in one, in the same steps.
+    first = runner.forward([Segment(0, 0, a[:3], all_logits=True), Segment(1, 0, b, all_logits=True)])
+    second = runner.forward([Segment(0, 3, a[3:], all_logits=True)])
+    assert torch.allclose(first[1], ref_b, atol=2e-4)
+    assert torch.allclose(torch.cat([first[0], second[0]]), ref_a, atol=2e-4)
+
+    # One decoding step for both rows, and then for b alone (a's slot sits idle).
+    next_a, next_b = int(ref_a[-1].argmax()), int(ref_b[-1].argmax())
+    with torch.no_grad():
+        ref_a2 = model(torch.tensor([a + [next_a]])).logits[0, -1]
+        ref_b2 = model(torch.tensor([b + [next_b]])).logits[0, -1]
+    both = runner.forward([Segment(0, len(a), [next_a]), Segment(1, len(b), [next_b])])
+    assert torch.allclose(both[0][0], ref_a2, atol=2e-4)
+    assert torch.allclose(both[1][0], ref_b2, atol=2e-4)
+    alone = runner.forward([Segment(1, len(b), [next_b])])
+    assert torch.allclose(alone[0][0], ref_b2, atol=2e-4)
+
+
+def test_the_cache_grows_past_its_first_size(tiny):
+    model, _ = tiny
+    runner = LlamaRunner(model, max_slots=1, max_context=512)
+    tokens = list(range(10, 310))  # longer than the first 256 positions
+    with torch.no_grad():
+        reference = model(torch.tensor([tokens])).logits[0, -1]
+    runner.forward([Segment(0, 0, tokens[:200])])
+    out = runner.forward([Segment(0, 200, tokens[200:])])
+    assert runner.capacity >= 300
+    assert torch.allclose(out[0][-1], reference, atol=2e-4)
+
+
+def test_a_row_longer_than_the_context_is_refused(tiny):
+    runner = LlamaRunner(tiny[0], max_slots=1, max_context=64)
+    with pytest.raises(ValueError, match="longer than the context"):
+        runner.forward([Segment(0, 0, list(range(65)))])
