@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
-
-from tests.model_server import start_model_server, stop
 from django.contrib.auth.models import User
 from django.test import Client
 
 from lessons.loader import load_course
 from lessons.sync import sync_course
+from tests.model_server import start_model_server, stop
 
 PASSWORD = "a-long-test-password-42"
 
