@@ -57,6 +57,7 @@ EXERCISES: dict[str, Exercise] = {
             "Train a byte-pair-encoding tokenizer on Shakespeare, the King James Bible, this "
             "course or your own file, then step through its merges.",
             ("corpus",),
+            template="exercises/_tokenizer_lab.html",
         ),
         Exercise(
             "lora-lab",

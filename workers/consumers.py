@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.http import Http404
+from django.template.loader import render_to_string
+
+from workers.jobs import get_job_for_user
+from workers.jobs.panel import job_panel_context
+from workers.models import Job
 
 MAX_FRAME_BYTES = 4096
 
@@ -44,3 +51,63 @@ class HealthConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content))
+
+
+class JobConsumer(AsyncWebsocketConsumer):
+    """`ws/jobs/<code>/`: one job's live panel for its owner, pushed as HTML whenever it changes.
+
+    The frames are jobs/_job.html, the same partial the page and its polling render, so the
+    htmx ws extension swaps it in by id. Anyone but the owner is refused, like a missing job.
+    The socket closes (1000, so htmx does not reconnect) once the job has ended.
+    """
+
+    group: str | None = None
+
+    async def connect(self) -> None:
+        code = self.scope["url_route"]["kwargs"]["code"]
+        if not await self.owns(code):
+            await self.close(code=4404)
+            return
+        self.group = f"job-{code}"
+        # Join before the first render, so no update can fall between the two.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_panel()
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        pass  # nothing to say to it: cancel is an ordinary POST
+
+    async def job_update(self, event: dict[str, Any]) -> None:
+        await self.send_panel()
+
+    async def send_panel(self) -> None:
+        html, finished = await self.render()
+        if html is None:  # deleted meanwhile
+            await self.close()
+            return
+        await self.send(text_data=html)
+        if finished:
+            await self.close()
+
+    @database_sync_to_async
+    def owns(self, code: Any) -> bool:
+        try:
+            get_job_for_user(self.scope.get("user"), code)
+        except Http404:
+            return False
+        return True
+
+    @database_sync_to_async
+    def render(self) -> tuple[str | None, bool]:
+        code = self.scope["url_route"]["kwargs"]["code"]
+        job = Job.objects.filter(code=code).first()
+        if job is None:
+            return None, True
+        # No request here, so no CSRF token: the panel's cancel button posts through htmx,
+        # which sends the token from <body>.
+        context = {**job_panel_context(job), "user": self.scope.get("user")}
+        return render_to_string("jobs/_job.html", context), job.is_finished

@@ -45,7 +45,7 @@ class JobLost(Exception):
 class JobRunner:
     kind: ClassVar[str]
     # Progress is written (and published) at most this often, plus on every change of stage.
-    report_interval: ClassVar[float] = 0.5
+    report_interval: ClassVar[float] = 0.25
 
     def __init__(self, job: Job) -> None:
         self.job = job

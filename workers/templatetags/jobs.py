@@ -1,0 +1,61 @@
+"""{% tokenizer_lab %}: what the tokenizer lab needs, wherever it is included (a lesson, its page)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django import template
+from django.conf import settings
+
+from workers.forms import TokenizerJobForm
+from workers.jobs.panel import job_panel_context
+from workers.models import Job
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def tokenizer_lab(context: template.Context, options: dict | None = None) -> dict[str, Any]:
+    """The lab's form (the view's, with its errors, when there is one), the job to show live
+    (the one just submitted, else the learner's active one) and their recent tokenizer jobs.
+    """
+    form = context.get("lab_form")
+    if form is None:
+        corpus = (options or {}).get("corpus", "shakespeare")
+        form = TokenizerJobForm(upload_limit=settings.JOB_UPLOAD_MAX_BYTES, initial={"corpus": corpus})
+    job = context.get("lab_job")
+    user = context.get("user")
+    recent: list[Job] = []
+    if user is not None and user.is_authenticated:
+        recent = list(Job.objects.for_owner(user).filter(kind=Job.Kind.TOKENIZER)[:5])
+        if job is None:
+            job = next((candidate for candidate in recent if candidate.is_active), None)
+    return {
+        "form": form,
+        "panel": job_panel_context(job) if job else None,
+        "recent": [candidate for candidate in recent if job is None or candidate.pk != job.pk],
+    }
+
+
+@register.filter
+def thousands(value: Any) -> str:
+    """12345 -> "12,345"."""
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return ""
+
+
+@register.filter
+def duration(value: timedelta | None) -> str:
+    """A job's duration as people say it: "0.8 s", "42 s", "3 min 05 s"."""
+    if value is None:
+        return "–"
+    seconds = value.total_seconds()
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s"

@@ -1,0 +1,179 @@
+"""Pages of the jobs: the tokenizer lab, one job (live), My jobs; cancel, delete, download.
+
+Every view that takes a job's code goes through get_job_for_user: a job that is not yours is
+a 404, exactly like a job that does not exist.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from lessons.views import learner_required
+from workers.forms import LimitedUploadHandler, TokenizerJobForm
+from workers.jobs import QuotaExceeded, cancel_job, delete_job, files, get_job_for_user, submit_job
+from workers.jobs.panel import job_panel_context
+from workers.jobs.tokenizer import comparison, merge_step
+from workers.models import Job
+
+# The multipart envelope around an upload (boundaries, the other fields) is small; a request
+# longer than the limit plus this is refused before its body is read at all.
+ENVELOPE_BYTES = 64 * 1024
+
+CANCEL_NOTES = {
+    "cancelled": "Cancelled: the job was removed from the queue.",
+    "requested": "Stopping: the job ends at its next step and keeps nothing.",
+    "finished": "This job had already finished.",
+}
+
+
+# --- The tokenizer lab -------------------------------------------------------------------------------
+
+
+@csrf_exempt
+@learner_required
+@require_http_methods(["GET", "POST"])
+def tokenizer_lab(request: HttpRequest) -> HttpResponse:
+    # The size check must see the upload before anything reads the body, and the CSRF
+    # middleware reads it (for the token): so this view is exempt and checks CSRF itself below,
+    # the pattern Django's docs give for upload handlers.
+    handler = LimitedUploadHandler(request, settings.JOB_UPLOAD_MAX_BYTES)
+    request.upload_handlers.insert(0, handler)
+    return _tokenizer_lab(request, handler)
+
+
+@csrf_protect
+def _tokenizer_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
+    limit = settings.JOB_UPLOAD_MAX_BYTES
+    template = "exercises/_tokenizer_lab.html" if request.htmx else "jobs/tokenizer_lab.html"
+    if request.method == "GET":
+        corpus = request.GET.get("corpus", "shakespeare")
+        form = TokenizerJobForm(upload_limit=limit, initial={"corpus": corpus})
+        return render(request, template, {"lab_form": form})
+
+    if _content_length(request) > limit + ENVELOPE_BYTES:
+        defaults = {name: field.initial for name, field in TokenizerJobForm.base_fields.items()}
+        form = TokenizerJobForm({**defaults, "corpus": "upload"}, upload_limit=limit, upload_too_large=True)
+        form.is_valid()
+        return render(request, template, {"lab_form": form}, status=400)
+
+    form = TokenizerJobForm(request.POST, request.FILES, upload_limit=limit, upload_too_large=handler.too_large)
+    job = None
+    if form.is_valid():
+        try:
+            job = submit_job(request.user, Job.Kind.TOKENIZER, form.params(), upload=form.cleaned_data["file"])
+        except QuotaExceeded as exc:
+            form.add_error(None, str(exc))
+    if job is None:
+        return render(request, template, {"lab_form": form}, status=400)
+    if not request.htmx:
+        return redirect(job)
+    # In a lesson: a fresh form, and the new job live below it.
+    fresh = TokenizerJobForm(upload_limit=limit, initial={"corpus": job.params["corpus"]})
+    return render(request, template, {"lab_form": fresh, "lab_job": job}, status=201)
+
+
+def _content_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+# --- One job -------------------------------------------------------------------------------------------
+
+
+@require_GET
+@learner_required
+def job_detail(request: HttpRequest, code: UUID) -> HttpResponse:
+    job = get_job_for_user(request.user, code)
+    if request.htmx:
+        # The panel polling for news while its websocket is down.
+        return render(request, "jobs/_job.html", job_panel_context(job))
+    context = job_panel_context(job, step=request.GET.get("step", 0), text=request.GET.get("text"))
+    return render(request, "jobs/job.html", context)
+
+
+@require_GET
+@learner_required
+def merge_steps(request: HttpRequest, code: UUID) -> HttpResponse:
+    job = _finished_tokenizer(request, code)
+    step, text = request.GET.get("step", 0), request.GET.get("text")
+    if request.htmx:
+        return render(request, "jobs/_merge_step.html", {"job": job, "stepper": merge_step(job, step, text)})
+    return render(request, "jobs/job.html", job_panel_context(job, step=step, text=text))
+
+
+@require_GET
+@learner_required
+def compare(request: HttpRequest, code: UUID) -> HttpResponse:
+    job = _finished_tokenizer(request, code)
+    text = request.GET.get("text")
+    if request.htmx:
+        return render(request, "jobs/_compare.html", {"job": job, "comparison": comparison(job, text)})
+    return render(request, "jobs/job.html", job_panel_context(job, compare=text))
+
+
+def _finished_tokenizer(request: HttpRequest, code: UUID) -> Job:
+    job = get_job_for_user(request.user, code)
+    if job.kind != Job.Kind.TOKENIZER or job.status != Job.Status.SUCCEEDED:
+        raise Http404("This job has no tokenizer to show.")
+    return job
+
+
+@require_POST
+@learner_required
+def cancel(request: HttpRequest, code: UUID) -> HttpResponse:
+    job = get_job_for_user(request.user, code)
+    note = CANCEL_NOTES[cancel_job(job)]
+    if request.htmx:
+        if request.POST.get("from") == "list":
+            return render(request, "jobs/_job_row.html", {"job": job, "note": note})
+        return render(request, "jobs/_job.html", {**job_panel_context(job), "note": note})
+    messages.info(request, note)
+    return redirect("jobs:list" if request.POST.get("from") == "list" else job)
+
+
+@require_POST
+@learner_required
+def delete(request: HttpRequest, code: UUID) -> HttpResponse:
+    job = get_job_for_user(request.user, code)
+    if not job.is_finished:
+        error = "This job is still queued or running: cancel it first, then delete it."
+        if request.htmx:
+            return render(request, "jobs/_job_row.html", {"job": job, "error": error}, status=400)
+        messages.error(request, error)
+        return redirect("jobs:list")
+    delete_job(job)
+    if request.htmx:
+        return HttpResponse("")  # the row's outerHTML: it disappears
+    messages.success(request, "Deleted the job and its files.")
+    return redirect("jobs:list")
+
+
+@require_GET
+def download(request: HttpRequest, code: UUID, name: str) -> FileResponse:
+    # No login page for strangers either: to anyone but its owner the file does not exist.
+    job = get_job_for_user(request.user, code)
+    artifact = get_object_or_404(job.artifacts, name=name)
+    path = files.artifact_path(job.code, artifact.name)  # the stored name, never the URL's text
+    if not path.is_file():
+        raise Http404("This file is gone.")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=artifact.name)
+
+
+# --- My jobs -------------------------------------------------------------------------------------------
+
+
+@require_GET
+@login_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    jobs = Job.objects.for_owner(request.user).prefetch_related("artifacts")
+    return render(request, "jobs/job_list.html", {"jobs": jobs})
