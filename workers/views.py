@@ -75,8 +75,9 @@ def _tokenizer_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpR
         return render(request, template, {"lab_form": form}, status=400)
     if not request.htmx:
         return redirect(job)
-    # In a lesson: a fresh form, and the new job live below it.
-    fresh = TokenizerJobForm(upload_limit=limit, initial={"corpus": job.params["corpus"]})
+    # In a lesson: the form again, with the same settings to vary, and the new job live below it.
+    initial = {**job.params, "special_tokens": " ".join(job.params["special_tokens"])}
+    fresh = TokenizerJobForm(upload_limit=limit, initial=initial)
     return render(request, template, {"lab_form": fresh, "lab_job": job}, status=201)
 
 

@@ -25,7 +25,7 @@ def test_my_jobs_lists_every_job_with_its_status_parameters_duration_and_downloa
         in html
     )
     assert f'href="/jobs/{finished_job.code}/files/tokenizer.json"' in html
-    assert re.search(r"<td>\d+\.\d s</td>", html)  # how long the finished one took
+    assert re.search(r"<td>\d+\.\d\xa0s</td>", html)  # how long the finished one took
     assert html.count('data-testid="delete-job"') == 1  # only the finished job can be deleted
 
 

@@ -57,19 +57,21 @@ def test_the_lesson_embeds_the_lab_and_invites_a_visitor_to_log_in(course, owner
 
 
 def test_a_submission_from_a_lesson_swaps_in_the_job_live(owner_client, owner):
-    response = owner_client.post("/jobs/tokenizer/", valid_form(), **HTMX)
+    response = owner_client.post("/jobs/tokenizer/", valid_form(vocab_size=3000, min_frequency=3), **HTMX)
     assert response.status_code == 201
     job = Job.objects.get(owner=owner)
+    assert job.params == {
+        "corpus": "shakespeare",
+        "vocab_size": 3000,
+        "min_frequency": 3,
+        "special_tokens": ["<|endoftext|>"],
+    }
     html = response.content.decode()
     assert html.lstrip().startswith('<aside class="exercise tokenizer-lab" id="tokenizer-lab"')  # just the lab
     assert f'ws-connect="/ws/jobs/{job.code}/"' in html
     assert f'id="job-{job.code}"' in html and "Waiting in the queue: next to start." in html
-    assert job.params == {
-        "corpus": "shakespeare",
-        "vocab_size": 2000,
-        "min_frequency": 2,
-        "special_tokens": ["<|endoftext|>"],
-    }
+    # The form again, with the same settings to vary.
+    assert 'name="vocab_size" value="3000"' in html and 'name="min_frequency" value="3"' in html
 
 
 def test_an_upload_is_stored_under_the_jobs_code_not_its_name(owner_client, owner):

@@ -49,13 +49,13 @@ def thousands(value: Any) -> str:
 
 @register.filter
 def duration(value: timedelta | None) -> str:
-    """A job's duration as people say it: "0.8 s", "42 s", "3 min 05 s"."""
+    """A job's duration as people say it: "0.8 s", "42 s", "3 min 05 s" (never broken across lines)."""
     if value is None:
         return "–"
     seconds = value.total_seconds()
     if seconds < 10:
-        return f"{seconds:.1f} s"
+        return f"{seconds:.1f}\u00a0s"
     if seconds < 60:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.0f}\u00a0s"
     minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes} min {seconds:02d} s"
+    return f"{minutes}\u00a0min {seconds:02d}\u00a0s"

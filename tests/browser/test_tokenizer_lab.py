@@ -1,0 +1,124 @@
+"""A learner in Chromium trains a tokenizer on their own file, watches it finish, steps through
+its merges and downloads it: daphne, a real Celery worker and Redis behind the page.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+from playwright.sync_api import Page, expect
+from tokenizers import Tokenizer
+
+from tests.conftest import PASSWORD
+from tests.jobs.conftest import TINY_TEXT
+from tests.jobs.worker import ROOT, Worker, purge_job_queues
+
+
+@pytest.fixture(scope="module")
+def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The course on daphne plus a Celery worker, sharing one database and data folder."""
+    data = tmp_path_factory.mktemp("lab")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "courseapp.settings_test",
+        "DATA_DIR": str(data),
+        "DATABASE_URL": f"sqlite:///{data / 'lab.sqlite3'}",
+        "MODEL_PATH": str(settings.MODEL_PATH),  # for the course tokenizer in the comparison
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    for command in (["migrate", "--noinput", "-v", "0"], ["sync_lessons"]):
+        subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
+    purge_job_queues()
+    worker = Worker(env, data / "worker.log", name="browser")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with open(data / "daphne.log", "w") as log:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "courseapp.asgi:application"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or web.poll() is not None:
+                    raise RuntimeError((data / "daphne.log").read_text()) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        web.terminate()
+        web.wait(10)
+        worker.stop()
+
+
+def test_train_a_tokenizer_on_an_upload_watch_it_step_through_merges_and_download(
+    page: Page, lab_server: str, console_errors: list[str], tmp_path
+):
+    page.goto(lab_server + "/accounts/signup/?next=/learn/train-your-own-tokenizer/")
+    page.get_by_label("Username").fill("tokenizer-fan")
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password confirmation").fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Train your own tokenizer")
+
+    # Record any polling of the job: while its websocket is open there should be none.
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if r.headers.get("hx-request") and r.method == "GET" else None)
+    page.evaluate("window.__stillTheSamePage = true")
+
+    lab = page.locator("#tokenizer-lab")
+    lab.get_by_role("radio", name="A text file of your own").check()
+    lab.get_by_label("Vocabulary size").fill("300")
+    lab.get_by_label("Your text file", exact=False).set_input_files(
+        {"name": "cats.txt", "mimeType": "text/plain", "buffer": TINY_TEXT.encode()}
+    )
+    lab.get_by_test_id("train").click()
+
+    status = page.get_by_test_id("job-status")
+    expect(status).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    expect(status).to_contain_text("“cats.txt”, vocabulary 300")
+    assert page.evaluate("window.__stillTheSamePage") is True  # all of it without a page load
+    assert polls == []  # the result came over the websocket
+
+    # Step through the merges: the sample sentence re-tokenizes at each step.
+    stepper = page.get_by_test_id("merge-stepper")
+    expect(stepper.get_by_test_id("merge-now")).to_contain_text("Before any merge")
+    counts = [int(stepper.get_by_test_id("stepped-count").inner_text().split()[0])]
+    for step, merged in [(1, "at"), (2, None), (3, None)]:
+        page.get_by_test_id("next-merge").click()
+        expect(page.get_by_test_id("merge-now")).to_contain_text(f"Merge {step}:")
+        if merged:
+            expect(page.get_by_test_id("merge-now")).to_contain_text(f"→ {merged}")
+        counts.append(int(page.get_by_test_id("stepped-count").inner_text().split()[0]))
+    assert counts == sorted(counts, reverse=True) and counts[-1] < counts[0]
+    expect(page.locator(".merge-stepper .tok.is-new").first).to_be_visible()
+
+    # Three tokenizers side by side on the same text.
+    expect(page.get_by_test_id("compare-count")).to_have_count(3)
+
+    with page.expect_download() as download_info:
+        page.get_by_test_id("download").click()
+    download = download_info.value
+    assert download.suggested_filename == "tokenizer.json"
+    saved = tmp_path / "tokenizer.json"
+    download.save_as(saved)
+    tokenizer = Tokenizer.from_file(str(saved))
+    assert tokenizer.get_vocab_size() == int(page.get_by_test_id("vocab-size").inner_text().replace(",", ""))
+
+    # The job is on My jobs too.
+    page.get_by_role("navigation", name="Account").get_by_role("link", name="My jobs").click()
+    expect(page.get_by_test_id("job-row")).to_have_attribute("data-status", "succeeded")
+    assert console_errors == []
