@@ -58,8 +58,9 @@ async def handle(consumer: ExerciseConsumer, message: dict[str, Any]) -> None:
         if context.get("widget") == widget:
             await consumer.cancel_request(request_id)
             if context.get("streaming"):
-                # Keep what the model wrote so far: the next action starts from there.
-                message["chosen"] = ",".join(map(str, context["chosen"] + context["generated"]))
+                if context["kind"] == "next-token":
+                    # Keep what the model wrote so far: the next action starts from there.
+                    message["chosen"] = ",".join(map(str, context["chosen"] + context["generated"]))
                 await _finish_stream(consumer, context, "stopped")
     if action == "stop":
         return
@@ -138,7 +139,7 @@ async def _generate(consumer: ExerciseConsumer, widget: str, action: str, messag
         raise BadRequest(f"unknown action {action!r}")
     prompt = _prompt(message)
     params = {**_sampler(message), "max_tokens": message.get("max_tokens", "")}
-    context = {"widget": widget, "kind": "generate", "count": 0}
+    context = {"widget": widget, "kind": "generate", "count": 0, "streaming": True}
     chat = message.get("chat") in {"on", "true", "1", True}
     if await consumer.submit(context, prompt, params, chat=chat):
         await consumer.send_html("exercises/_gen_start.html", {"widget": widget, "prompt": prompt, "chat": chat})

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "DJANGO_SETTINGS_MODULE": "courseapp.settings_test",
         "DATA_DIR": str(data),
         "DATABASE_URL": f"sqlite:///{data / 'browser.sqlite3'}",
+        "MODEL_PATH": str(settings.MODEL_PATH),  # the web process reads the course tokenizer
     }
     for command in (["migrate", "--noinput", "-v", "0"], ["sync_lessons"]):
         subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
