@@ -16,7 +16,12 @@ from workers.models import Job
 
 @shared_task(bind=True, ignore_result=True)
 def train_tokenizer(self: Task, job_id: int) -> str:
-    return TokenizerJobRunner.execute(job_id, worker_name(self.request.hostname))
+    return TokenizerJobRunner.execute(job_id, worker_name(self.request.hostname), soft_time_limit(self))
+
+
+def soft_time_limit(task: Task) -> float | None:
+    """This run's soft time limit: one given when it was sent (timelimit=(hard, soft)), else the setting's."""
+    return (task.request.timelimit or (None, None))[1]
 
 
 @shared_task(ignore_result=True)

@@ -121,3 +121,16 @@ def test_the_reaper_fails_the_job_of_a_worker_killed_mid_job(make_job, worker):
     assert not files.artifact_dir(job.code).exists()
     # The worker replaced its lost process and goes on working.
     assert wait_for(make_job(), "succeeded").artifacts.count() == 1
+
+
+def test_a_job_past_its_soft_time_limit_fails_with_a_message_and_keeps_nothing(owner, worker):
+    params = tokenizer_params(corpus="shakespeare", vocab_size=32000)
+    job = Job.objects.create(owner=owner, kind=Job.Kind.TOKENIZER, queue="cpu", params=params)
+    # Its only message carries a soft limit of its own, far shorter than this job takes.
+    train_tokenizer.apply_async(args=[job.pk], soft_time_limit=0.5)
+    job = wait_for(job, "failed")
+    assert job.message == (
+        "The job ran longer than its time limit (0.5 seconds) and was stopped; nothing was kept. "
+        "Try a smaller corpus or a smaller vocabulary."
+    )
+    assert not files.artifact_dir(job.code).exists()

@@ -47,18 +47,20 @@ class JobRunner:
     # Progress is written (and published) at most this often, plus on every change of stage.
     report_interval: ClassVar[float] = 0.25
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, time_limit: float | None = None) -> None:
         self.job = job
+        self.time_limit = time_limit or settings.CELERY_TASK_SOFT_TIME_LIMIT
         self.artifacts: list[tuple[str, int]] = []
         self._last_report = 0.0
         self._last_cancel_check = 0.0
 
     @classmethod
-    def execute(cls, job_id: int, worker: str) -> str:
+    def execute(cls, job_id: int, worker: str, time_limit: float | None = None) -> str:
         """Runs the job unless it is not queued any more. Returns what happened, for the log.
 
         Safe to call any number of times for the same job: only the call whose claim succeeds
         runs it; the others (a redelivered message, a second click) return "skipped".
+        `time_limit` is the task's soft time limit in seconds, for the message if it is reached.
         """
         job = Job.objects.filter(pk=job_id).first()
         if job is None:
@@ -73,7 +75,7 @@ class JobRunner:
         logger.info("job %s started on %s", job.code, worker)
         publish(job)
         publish_queue(job.queue)
-        return cls(job)._run()
+        return cls(job, time_limit)._run()
 
     def run(self) -> dict[str, Any]:
         """Does the work; returns the metrics to keep. Raise JobError for the learner's mistakes."""
@@ -142,10 +144,9 @@ class JobRunner:
             job.fail(str(exc))
         except SoftTimeLimitExceeded:
             files.remove_artifacts(job.code)
-            minutes = max(1, settings.CELERY_TASK_SOFT_TIME_LIMIT // 60)
             job.fail(
-                f"The job ran longer than its limit of {minutes} minute{'s' if minutes != 1 else ''} and was stopped. "
-                "Try a smaller corpus or a smaller vocabulary."
+                f"The job ran longer than its time limit ({_spoken(self.time_limit)}) and was stopped; nothing was "
+                "kept. Try a smaller corpus or a smaller vocabulary."
             )
         except Exception:
             logger.exception("job %s failed unexpectedly", job.code)
@@ -157,6 +158,12 @@ class JobRunner:
         publish(job)
         logger.info("job %s %s", job.code, outcome)
         return outcome
+
+
+def _spoken(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:g} second{'s' if seconds != 1 else ''}"
+    return f"{seconds / 60:g} minutes"
 
 
 def worker_name(hostname: str | None) -> str:
