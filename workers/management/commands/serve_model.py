@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -49,10 +50,8 @@ class Command(BaseCommand):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, task.cancel)
-            try:
+            with contextlib.suppress(asyncio.CancelledError):  # Ctrl-C or SIGTERM: a clean stop
                 await task
-            except asyncio.CancelledError:
-                pass
 
         asyncio.run(main())
         self.stdout.write("Model server stopped")
