@@ -50,6 +50,7 @@ EXERCISES: dict[str, Exercise] = {
             "Tokenizer view",
             "Type any text and see how the course model splits it into tokens, with their ids and a count.",
             ("text",),
+            "exercises/_tokenize.html",
         ),
         Exercise(
             "tokenizer-lab",

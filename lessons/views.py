@@ -17,6 +17,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from lessons.exercises import EXERCISES
 from lessons.models import Choice, Lesson, LessonProgress, Module, Question, QuizAnswer
+from lessons.tokenize_view import tokenizer_choices
 
 
 def get_lesson(slug: str) -> Lesson:
@@ -123,6 +124,7 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
             "questions": _questions_with_answers(request, lesson),
             "progress": progress,
             "siblings": [(sibling, sibling.pk in done_ids) for sibling in siblings],
+            "tokenizer_choices": tokenizer_choices(request) if "tokenize" in lesson.exercise_names() else [],
             "previous": Lesson.objects.active().filter(order__lt=lesson.order).order_by("-order").first(),
             "next": Lesson.objects.active().filter(order__gt=lesson.order).order_by("order").first(),
         },
