@@ -68,7 +68,7 @@ class JobConsumer(AsyncWebsocketConsumer):
         if not await self.owns(code):
             await self.close(code=4404)
             return
-        self.group = f"job-{code}"
+        self.group = Job.group_for(code)
         # Join before the first render, so no update can fall between the two.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()

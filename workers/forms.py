@@ -81,6 +81,11 @@ def check_text(chunks: Iterable[bytes]) -> None:
         )
 
 
+def initial_corpus(name: str | None) -> str:
+    """The corpus to preselect: a lesson's `corpus:` option or a link's, if it is one we have."""
+    return name if name in BUILTIN_CORPORA or name == "upload" else "shakespeare"
+
+
 class TokenizerJobForm(forms.Form):
     corpus = forms.ChoiceField(
         label="Train on",

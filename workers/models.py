@@ -17,7 +17,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
 
@@ -93,10 +95,14 @@ class Job(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("jobs:detail", args=[self.code])
 
+    @staticmethod
+    def group_for(code: uuid.UUID | str) -> str:
+        """The channel-layer group a job's live pages listen on."""
+        return f"job-{code}"
+
     @property
     def group_name(self) -> str:
-        """The channel-layer group its live pages listen on."""
-        return f"job-{self.code}"
+        return self.group_for(self.code)
 
     @property
     def is_active(self) -> bool:
@@ -228,3 +234,14 @@ class Artifact(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:download", args=[self.job.code, self.name])
+
+
+@receiver(post_delete, sender=Job)
+def _remove_job_files(sender: type[Job], instance: Job, **kwargs: Any) -> None:
+    """However a job is deleted (My jobs, its owner's account, the shell), its files go too,
+    once the deletion is committed: a rolled-back delete keeps them.
+    """
+    from workers.jobs.files import remove_job_files  # workers.jobs imports this module
+
+    code = instance.code
+    transaction.on_commit(lambda: remove_job_files(code))

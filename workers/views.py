@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from lessons.views import learner_required
-from workers.forms import LimitedUploadHandler, TokenizerJobForm
+from workers.forms import LimitedUploadHandler, TokenizerJobForm, initial_corpus
 from workers.jobs import QuotaExceeded, cancel_job, delete_job, files, get_job_for_user, submit_job
 from workers.jobs.panel import job_panel_context
 from workers.jobs.tokenizer import comparison, merge_step
@@ -54,8 +54,7 @@ def _tokenizer_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpR
     limit = settings.JOB_UPLOAD_MAX_BYTES
     template = "exercises/_tokenizer_lab.html" if request.htmx else "jobs/tokenizer_lab.html"
     if request.method == "GET":
-        corpus = request.GET.get("corpus", "shakespeare")
-        form = TokenizerJobForm(upload_limit=limit, initial={"corpus": corpus})
+        form = TokenizerJobForm(upload_limit=limit, initial={"corpus": initial_corpus(request.GET.get("corpus"))})
         return render(request, template, {"lab_form": form})
 
     if _content_length(request) > limit + ENVELOPE_BYTES:
@@ -165,9 +164,10 @@ def download(request: HttpRequest, code: UUID, name: str) -> FileResponse:
     job = get_job_for_user(request.user, code)
     artifact = get_object_or_404(job.artifacts, name=name)
     path = files.artifact_path(job.code, artifact.name)  # the stored name, never the URL's text
-    if not path.is_file():
-        raise Http404("This file is gone.")
-    return FileResponse(path.open("rb"), as_attachment=True, filename=artifact.name)
+    try:
+        return FileResponse(path.open("rb"), as_attachment=True, filename=artifact.name)
+    except FileNotFoundError:  # deleted meanwhile
+        raise Http404("This file is gone.") from None
 
 
 # --- My jobs -------------------------------------------------------------------------------------------

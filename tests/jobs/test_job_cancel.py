@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from tests.jobs.conftest import wait_for
@@ -50,7 +48,7 @@ def test_a_running_job_stops_at_its_next_step_and_keeps_nothing(make_job, owner_
     assert job.message == "Cancelled while it ran; nothing was kept."
     assert job.progress < 1 and not job.artifacts.exists()
     assert not files.artifact_dir(job.code).exists()
-    assert re.search(rf"job {job.code} cancelled", worker.output())
+    worker.wait_for_log(f"job {job.code} cancelled")  # logged just after the row changed
 
 
 def test_cancelling_a_finished_job_changes_nothing(make_job, owner_client, worker):

@@ -64,3 +64,10 @@ def test_cancelling_from_my_jobs_updates_the_row_in_place(make_job, owner_client
     assert html.lstrip().startswith(f'<tr id="job-row-{job.code}" data-testid="job-row" data-status="cancelled">')
     assert "Cancelled: the job was removed from the queue." in html
     assert 'data-testid="delete-job"' in html  # now it can go
+
+
+def test_a_learner_deleted_with_their_jobs_leaves_no_files(finished_job, owner, django_capture_on_commit_callbacks):
+    folder = files.artifact_dir(finished_job.code)
+    with django_capture_on_commit_callbacks(execute=True):
+        owner.delete()  # the jobs go by cascade, never through My jobs
+    assert not folder.exists()

@@ -176,3 +176,9 @@ def test_the_pages_carry_no_inline_script_or_style(path, owner_client, finished_
     assert " style=" not in html and "<style" not in html
     assert not re.search(r"<script(?![^>]*\bsrc=)", html)
     assert not re.search(r"<[^>]+\son[a-z]+=", html)  # no inline event handlers
+
+
+@pytest.mark.parametrize(("asked", "checked"), [("bible", "bible"), ("upload", "upload"), ("nonsense", "shakespeare")])
+def test_a_link_can_preselect_a_corpus_we_have(asked, checked, owner_client):
+    html = owner_client.get("/jobs/tokenizer/", {"corpus": asked}).content.decode()
+    assert re.findall(r'<input type="radio" name="corpus" value="(\w+)"[^>]* checked>', html) == [checked]

@@ -62,7 +62,7 @@ def publish(job: Job) -> None:
 def publish_queue(queue: str) -> None:
     """Queue positions moved (a job started or left the queue): tell every job still waiting."""
     for code in Job.objects.waiting_in(queue).values_list("code", flat=True)[:200]:
-        _group_send(f"job-{code}")
+        _group_send(Job.group_for(code))
 
 
 def _group_send(group: str) -> None:
@@ -97,8 +97,8 @@ def submit_job(owner: Any, kind: str, params: dict[str, Any], upload: UploadedFi
     code = uuid.uuid4()
     try:
         with transaction.atomic():
-            # Lock the learner's row so two quick submissions count each other (PostgreSQL; SQLite
-            # writes are serialized anyway).
+            # Lock the learner's row so two quick submissions count each other: on PostgreSQL with
+            # this lock, on SQLite because its IMMEDIATE transactions take the write lock up front.
             get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
             active = Job.objects.for_owner(owner).active().count()
             limit = settings.JOB_MAX_ACTIVE_PER_USER
@@ -134,12 +134,12 @@ def cancel_job(job: Job) -> str:
 
 
 def delete_job(job: Job) -> None:
-    """Deletes a finished job, its artifacts and its upload. A queued or running job must be cancelled first."""
+    """Deletes a finished job; its artifacts and upload follow on commit (workers.models). A
+    queued or running job must be cancelled first.
+    """
     if not job.is_finished:
         raise ValueError("only a finished job can be deleted")
-    code = job.code
     job.delete()
-    transaction.on_commit(lambda: files.remove_job_files(code))
 
 
 # --- The reaper ------------------------------------------------------------------------------------------

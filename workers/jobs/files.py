@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from uuid import UUID
 
@@ -48,7 +48,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> int:
     return path.stat().st_size
 
 
-def store_upload(code: UUID, chunks: Callable[[], object]) -> Path:
+def store_upload(code: UUID, chunks: Callable[[], Iterable[bytes]]) -> Path:
     """Writes an uploaded file's chunks (an UploadedFile.chunks) as the job's corpus."""
     path = upload_path(code)
 

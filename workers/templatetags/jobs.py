@@ -8,7 +8,7 @@ from typing import Any
 from django import template
 from django.conf import settings
 
-from workers.forms import TokenizerJobForm
+from workers.forms import TokenizerJobForm, initial_corpus
 from workers.jobs.panel import job_panel_context
 from workers.models import Job
 
@@ -22,7 +22,7 @@ def tokenizer_lab(context: template.Context, options: dict | None = None) -> dic
     """
     form = context.get("lab_form")
     if form is None:
-        corpus = (options or {}).get("corpus", "shakespeare")
+        corpus = initial_corpus((options or {}).get("corpus"))
         form = TokenizerJobForm(upload_limit=settings.JOB_UPLOAD_MAX_BYTES, initial={"corpus": corpus})
     job = context.get("lab_job")
     user = context.get("user")
