@@ -251,6 +251,8 @@ MODEL_MAX_QUEUE = envint("MODEL_MAX_QUEUE", 256, minimum=1)
 MODEL_REQUEST_TIMEOUT = envint("MODEL_REQUEST_TIMEOUT", 120, minimum=1)
 # Requests a learner may send to the model per minute over websockets.
 MODEL_WS_RATE_PER_MINUTE = envint("MODEL_WS_RATE_PER_MINUTE", 240, minimum=1)
+# Requests a learner may send to the HTTP API (/v1/completions, /api/tokenize) per minute.
+API_RATE_PER_MINUTE = envint("API_RATE_PER_MINUTE", 60, minimum=1)
 
 # --- Jobs: training on the Celery queues (workers.jobs) ----------------------------------------
 

@@ -7,6 +7,10 @@ lesson never loses them, and a lesson removed from the files is hidden, not dele
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
@@ -131,3 +135,46 @@ class QuizAnswer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} – {self.question.key}: {self.choice.key}"
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def usable(self) -> ApiTokenQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiToken(models.Model):
+    """A learner's key for the HTTP API. Only a hash is stored; the key is shown once."""
+
+    PREFIX = "llmc_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=60)
+    digest = models.CharField(max_length=64, unique=True)
+    hint = models.CharField(max_length=16)  # the first characters, to tell tokens apart
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.user} – {self.name} ({self.hint}…)"
+
+    @staticmethod
+    def hash(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name: str) -> tuple[ApiToken, str]:
+        """Creates a token; returns it with the key, which is never stored or shown again."""
+        key = cls.PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, digest=cls.hash(key), hint=key[: len(cls.PREFIX) + 6])
+        return token, key
+
+    def revoke(self) -> None:
+        self.revoked_at = timezone.now()
+        self.save(update_fields=["revoked_at"])

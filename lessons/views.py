@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from uuid import UUID
 
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -16,8 +17,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from lessons.exercises import EXERCISES
-from lessons.models import Choice, Lesson, LessonProgress, Module, Question, QuizAnswer
+from lessons.models import ApiToken, Choice, Lesson, LessonProgress, Module, Question, QuizAnswer
 from lessons.tokenize_view import tokenizer_choices
+
+MAX_API_TOKENS = 5
 
 
 def get_lesson(slug: str) -> Lesson:
@@ -247,9 +250,45 @@ def signup(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def account(request: HttpRequest) -> HttpResponse:
+    return _account_page(request)
+
+
+def _account_page(request: HttpRequest, new_key: str = "", error: str = "") -> HttpResponse:
     completed = LessonProgress.objects.filter(user=request.user, completed_at__isnull=False, lesson__is_active=True)
-    return render(
-        request,
-        "accounts/account.html",
-        {"completed": completed.count(), "total": Lesson.objects.active().count()},
-    )
+    context = {
+        "completed": completed.count(),
+        "total": Lesson.objects.active().count(),
+        "tokens": request.user.api_tokens.usable(),
+        "new_key": new_key,
+        "error": error,
+        "api_url": request.build_absolute_uri("/v1/completions"),
+    }
+    return render(request, "accounts/account.html", context, status=400 if error else 200)
+
+
+def _tokens_partial(request: HttpRequest, new_key: str = "", error: str = "") -> HttpResponse:
+    if not request.htmx:
+        return _account_page(request, new_key, error)
+    context = {"tokens": request.user.api_tokens.usable(), "new_key": new_key, "error": error}
+    return render(request, "accounts/_api_tokens.html", context, status=400 if error else 200)
+
+
+@require_POST
+@login_required
+def create_api_token(request: HttpRequest) -> HttpResponse:
+    name = request.POST.get("name", "").strip()
+    if not name or len(name) > 60:
+        return _tokens_partial(request, error="Give the token a name of 1 to 60 characters, such as 'laptop'.")
+    if request.user.api_tokens.usable().count() >= MAX_API_TOKENS:
+        return _tokens_partial(request, error=f"You have {MAX_API_TOKENS} tokens already: revoke one first.")
+    _, key = ApiToken.issue(request.user, name)
+    # The key is shown this once, in the response; only its hash is kept.
+    return _tokens_partial(request, new_key=key)
+
+
+@require_POST
+@login_required
+def revoke_api_token(request: HttpRequest, code: UUID) -> HttpResponse:
+    token = get_object_or_404(ApiToken.objects.usable(), code=code, user=request.user)
+    token.revoke()
+    return _tokens_partial(request) if request.htmx else redirect("account")

@@ -9,6 +9,9 @@ from lessons.loader import load_course
 from lessons.sync import sync_course
 from tests.model_server import start_model_server, stop
 
+# The `server` fixture: a real daphne process (browser and HTTP-client tests).
+pytest_plugins = ["tests.live_server"]
+
 PASSWORD = "a-long-test-password-42"
 
 

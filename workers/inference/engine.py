@@ -194,6 +194,7 @@ class Engine:
         params = row.request.params
         events = []
         probs = adjusted_probs(logits, params)
+        raw = None
         if params.candidates:
             raw = torch.softmax(logits, dim=-1)
             events.append(
@@ -224,7 +225,10 @@ class Engine:
         delta = text[len(row.text) :]
         if delta and not delta.endswith("\ufffd"):
             row.text = text
-            events.append(Event("token", row.request.id, {"id": token, "text": delta, "p": float(probs[token])}))
+            data = {"id": token, "text": delta, "p": float(probs[token])}
+            if raw is not None:  # the model's own log-probability, before the sampler's knobs
+                data["logprob"] = math.log(max(float(raw[token]), 1e-45))
+            events.append(Event("token", row.request.id, data))
         if stop_at is not None:
             return events + self._finish(row, "stop")
         if len(row.generated) >= params.max_tokens and not params.candidates:

@@ -1,0 +1,77 @@
+"""A real daphne server process running the whole ASGI app, for browser and HTTP client tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LiveServer(str):
+    """The server's base URL (so `server + "/path"` works), with the environment it runs in."""
+
+    env: dict[str, str]
+
+    def manage(self, *args: str) -> str:
+        """Runs a management command against the server's database; returns its output."""
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+        )
+        return done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The base URL of a real daphne server with the course synced into a fresh database."""
+    data = tmp_path_factory.mktemp("server")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "courseapp.settings_test",
+        "DATA_DIR": str(data),
+        "DATABASE_URL": f"sqlite:///{data / 'browser.sqlite3'}",
+        "MODEL_PATH": str(settings.MODEL_PATH),  # the web process reads the course tokenizer
+    }
+    for command in (["migrate", "--noinput", "-v", "0"], ["sync_lessons"]):
+        subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
+    port = _free_port()
+    url = LiveServer(f"http://127.0.0.1:{port}")
+    url.env = env
+    with open(data / "daphne.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "courseapp.asgi:application"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            _wait_for(url, proc, data / "daphne.log")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/", timeout=2)
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"daphne did not start: {log.read_text()}") from None
+            time.sleep(0.2)
