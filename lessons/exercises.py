@@ -82,6 +82,7 @@ EXERCISES: dict[str, Exercise] = {
             "api-keys",
             "Call the model over HTTP",
             "Create an API token and call the course model with curl or Python.",
+            template="exercises/_api_keys.html",
         ),
     ]
 }

@@ -128,6 +128,8 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
             "progress": progress,
             "siblings": [(sibling, sibling.pk in done_ids) for sibling in siblings],
             "tokenizer_choices": tokenizer_choices(request) if "tokenize" in lesson.exercise_names() else [],
+            "api_tokens": request.user.api_tokens.usable() if request.user.is_authenticated else [],
+            "api_url": request.build_absolute_uri("/v1/completions"),
             "previous": Lesson.objects.active().filter(order__lt=lesson.order).order_by("-order").first(),
             "next": Lesson.objects.active().filter(order__gt=lesson.order).order_by("order").first(),
         },

@@ -55,3 +55,12 @@ def test_the_command_prints_a_working_key(owner, capsys):
     call_command("api_token", "ada")
     key = capsys.readouterr().out.strip()
     assert ApiToken.objects.get(digest=ApiToken.hash(key)).user == owner
+
+
+def test_the_serving_lesson_embeds_the_token_box(owner_client: Client, client: Client, owner, course):
+    ApiToken.issue(owner, "from-the-lesson")
+    mine = owner_client.get("/learn/an-http-api/").content.decode()
+    assert 'id="api-token-box"' in mine and "from-the-lesson" in mine
+    assert "curl http://testserver/v1/completions" in mine
+    anonymous = client.get("/learn/an-http-api/").content.decode()
+    assert 'id="api-token-box"' not in anonymous and "to create an API token" in anonymous

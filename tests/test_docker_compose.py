@@ -26,7 +26,7 @@ def commands(spec: dict) -> list[list[str]]:
 
 
 def test_every_part_of_the_class_setup_is_there():
-    assert set(COMPOSE["services"]) >= {"web", "worker-cpu", "worker-gpu", "beat", "redis", "postgres"}
+    assert set(COMPOSE["services"]) >= {"web", "model", "worker-cpu", "worker-gpu", "beat", "redis", "postgres"}
     assert (ROOT / "Dockerfile").is_file()
 
 
