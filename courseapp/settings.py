@@ -241,6 +241,9 @@ _DEFAULT_MODEL_PATH = DATA_DIR / "models" / "smollm2-135m-instruct"
 MODEL_PATH = Path(os.environ.get("MODEL_PATH") or _DEFAULT_MODEL_PATH)
 MODEL_PATH_IS_DEFAULT = MODEL_PATH == _DEFAULT_MODEL_PATH
 MODEL_DEVICE = os.environ.get("MODEL_DEVICE", "")  # empty: CUDA when present, else CPU
+# CPU threads of the model server; 0 keeps torch's default (one per core). On a small machine
+# shared with the web server, fewer threads keep torch's thread barriers from stalling.
+MODEL_THREADS = envint("MODEL_THREADS", 0, minimum=0)
 # Rows decoded together at each step; more wait in a queue and see their position.
 MODEL_MAX_ROWS = envint("MODEL_MAX_ROWS", 16, minimum=1)
 MODEL_MAX_CONTEXT = envint("MODEL_MAX_CONTEXT", 2048, minimum=64)

@@ -74,8 +74,10 @@ def classmate_client(classmate) -> Client:
 @pytest.fixture(scope="session")
 def model_server(tmp_path_factory):
     """A real `serve_model` process on the tests' Redis, with room for 2 rows (so queues form)."""
+    # One thread: the test process, workers and servers share two cores, and torch's thread
+    # barriers stall badly when a thread of theirs waits for a core.
     proc = start_model_server(
-        settings.REDIS_URL, tmp_path_factory.mktemp("model") / "serve_model.log", MODEL_MAX_ROWS="2"
+        settings.REDIS_URL, tmp_path_factory.mktemp("model") / "serve_model.log", MODEL_MAX_ROWS="2", MODEL_THREADS="1"
     )
     yield proc
     stop(proc)

@@ -22,7 +22,7 @@ async def connect(consumer=ModelApiConsumer, path="/ws/model/") -> WebsocketComm
     return communicator
 
 
-async def frames(communicator, until: str = "done", timeout: float = 30) -> list[dict]:
+async def frames(communicator, until: str = "done", timeout: float = 60) -> list[dict]:
     """Frames up to and including the first of type `until`."""
     got = []
     deadline = time.monotonic() + timeout

@@ -25,6 +25,10 @@ class Command(BaseCommand):
         from workers.inference.server import ModelServer
 
         logging.getLogger("workers").setLevel(logging.INFO)
+        if settings.MODEL_THREADS:
+            import torch
+
+            torch.set_num_threads(settings.MODEL_THREADS)
         if not is_prepared(settings.MODEL_PATH):
             raise CommandError(f"no model in {settings.MODEL_PATH}: run `python manage.py prepare_model` first")
         model, tokenizer = load_model(settings.MODEL_PATH, device)
