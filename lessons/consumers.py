@@ -203,8 +203,9 @@ class ExerciseConsumer(ModelSessionConsumer):
         await self.send_html("exercises/_model_status.html", {"up": up, "widget": self.widget})
 
     async def error(self, text: str, context: dict[str, Any] | None = None) -> None:
-        widget = (context or {}).get("widget", "")
-        await self.send_html("exercises/_error.html", {"widget": widget, "error": text})
+        # One socket per widget: a refused message (whose context is the message itself, with no
+        # "widget" key) still reaches this widget's error line.
+        await self.send_html("exercises/_error.html", {"widget": self.widget, "error": text})
 
     async def send_html(self, template: str, context: dict[str, Any]) -> None:
         await self.send(text_data=render_to_string(template, context))
