@@ -6,7 +6,8 @@ No torch here: the web side imports this module.
   may take it; several servers reading the one channel is how serving scales out.
 - The server answers with `model.event` messages straight to the request's reply channel:
   kinds `queued` (with a position), `started`, `tokens` (coalesced text), `candidates`,
-  `scored`, `done` (with a reason and usage), `error`.
+  `scored`, `inspected` (tokens, one head's attention, the logit lens), `done` (with a reason
+  and usage), `error`.
 - Cancels go to every server through the SERVERS_GROUP group: whichever has the request drops it.
 - Each server keeps a presence key in Redis alive, so pages can tell whether a model is up.
 """
@@ -23,7 +24,9 @@ REQUEST_CHANNEL = "model.requests"
 SERVERS_GROUP = "model-servers"
 PRESENCE_PREFIX = "course:model-server:"
 PRESENCE_TTL_SECONDS = 6
-MODES = {"generate", "score"}
+# "inspect" looks inside the model for a short prompt (workers/inference/inspect.py) instead of
+# generating; its request names the `layer` and `head` whose attention to send back.
+MODES = {"generate", "score", "inspect"}
 
 
 def request_message(
@@ -38,6 +41,8 @@ def request_message(
     prompt_ids: list[int] | None = None,
     continuation_ids: list[int] | None = None,
     timeout: float = 120.0,
+    layer: int | None = None,
+    head: int | None = None,
 ) -> dict[str, Any]:
     return {
         "type": "model.request",
@@ -51,6 +56,8 @@ def request_message(
         "mode": mode,
         "params": params,
         "timeout": timeout,
+        "layer": layer,
+        "head": head,
     }
 
 

@@ -3,6 +3,9 @@
 It reads requests from the channel layer, feeds them to the batching Engine, and sends each
 request's events back to the web process that asked. The engine's steps run in a thread, so the
 event loop keeps receiving requests and cancels while the model computes.
+
+"inspect" requests (a short prompt's attention and logit lens) do not generate, so they skip
+the engine: each is one plain forward pass of the model, run between two engine steps.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from workers.inference.engine import Engine, Event, Request
+from workers.inference.inspect import inspect_prompt
 from workers.inference.protocol import MODES, REQUEST_CHANNEL, SERVERS_GROUP, announce
 from workers.inference.sampling import BadRequest, SamplingParams
 
@@ -27,6 +32,9 @@ log = logging.getLogger("workers.model_server")
 # cost more than the token on a fast device.
 FRAME_INTERVAL = 0.04
 MAX_PROMPT_CHARS = 20_000
+# Inspections waiting for their turn: each takes a fraction of a second, so this many is a few
+# seconds of waiting; past it the learner is told the model is busy.
+MAX_INSPECTIONS = 32
 
 
 @dataclass
@@ -36,6 +44,15 @@ class _Pending:
     text: str = ""
     tokens: list[dict[str, Any]] = field(default_factory=list)
     last_sent: float = 0.0
+
+
+@dataclass
+class _Inspection:
+    request_id: str
+    prompt_ids: list[int]
+    layer: int
+    head: int
+    deadline: float
 
 
 class ModelServer:
@@ -49,6 +66,7 @@ class ModelServer:
         self.pending: dict[str, _Pending] = {}
         self.by_owner: dict[str, str] = {}
         self.inbox: list[dict[str, Any]] = []
+        self.inspections: deque[_Inspection] = deque()
         self.wakeup = asyncio.Event()
         self.stopping = False
         # Cancels that arrived before their request (it was still in the shared channel).
@@ -115,10 +133,14 @@ class ModelServer:
         while not self.stopping:
             events = self._take_inbox()
             await self._dispatch(events)
+            if self.inspections:
+                # One inspection per round, between two engine steps: both use the model but never
+                # at once, and running generations wait for at most one short forward pass.
+                await self._dispatch(await self._inspect(self.inspections.popleft()))
             if self.engine.has_work():
                 events = await asyncio.to_thread(self.engine.step)
                 await self._dispatch(events)
-            else:
+            elif not self.inspections:
                 await self._flush_all()
                 self.wakeup.clear()
                 if not self.inbox:
@@ -133,7 +155,7 @@ class ModelServer:
             request_id = str(message.get("request_id", ""))
             if message.get("type") == "model.cancel":
                 if request_id in self.pending:
-                    events += self.engine.cancel(request_id)
+                    events += self._cancel_inspection(request_id) or self.engine.cancel(request_id)
                 else:
                     self.early_cancels[request_id] = now + 120
                 continue
@@ -151,6 +173,10 @@ class ModelServer:
         self.pending[request_id] = _Pending(reply_channel, owner)
         try:
             request = self._build(message, request_id, owner)
+            if request.mode == "inspect":
+                # Not a generation: it neither waits in the engine's queue nor replaces the
+                # learner's running generation.
+                return self._queue_inspection(request, message)
         except BadRequest as exc:
             return [Event("error", request_id, {"error": str(exc)})]
         events = []
@@ -182,6 +208,44 @@ class ModelServer:
         timeout = float(message.get("timeout") or 120)
         deadline = time.monotonic() + timeout if math.isfinite(timeout) and timeout > 0 else math.inf
         return Request(request_id, prompt_ids, params, owner, deadline, mode, continuation_ids)
+
+    # --- inspecting ----------------------------------------------------------------------------------
+
+    def _queue_inspection(self, request: Request, message: dict[str, Any]) -> list[Event]:
+        try:
+            layer, head = int(message.get("layer") or 0), int(message.get("head") or 0)
+        except (TypeError, ValueError):
+            raise BadRequest("layer and head must be whole numbers") from None
+        if len(self.inspections) >= MAX_INSPECTIONS:
+            raise BadRequest("the model is very busy: try again in a minute")
+        self.inspections.append(_Inspection(request.id, request.prompt_ids, layer, head, request.deadline))
+        return []
+
+    def _cancel_inspection(self, request_id: str) -> list[Event]:
+        for job in self.inspections:
+            if job.request_id == request_id:
+                self.inspections.remove(job)
+                return [Event("done", request_id, {"reason": "cancelled"})]
+        return []
+
+    async def _inspect(self, job: _Inspection) -> list[Event]:
+        started = time.monotonic()
+        if started > job.deadline:
+            return [Event("done", job.request_id, {"reason": "deadline"})]
+        model, tokenizer = self.engine.runner.model, self.engine.tokenizer
+        try:
+            result = await asyncio.to_thread(inspect_prompt, model, tokenizer, job.prompt_ids, job.layer, job.head)
+        except BadRequest as exc:
+            return [Event("error", job.request_id, {"error": str(exc)})]
+        except Exception:  # one prompt that breaks the forward pass must not stop the server
+            log.exception("inspection %s failed", job.request_id)
+            return [Event("error", job.request_id, {"error": "the model could not look inside this prompt"})]
+        usage = {"prompt_tokens": len(job.prompt_ids), "completion_tokens": 0}
+        usage["seconds"] = round(time.monotonic() - started, 4)
+        return [
+            Event("inspected", job.request_id, result.as_dict()),
+            Event("done", job.request_id, {"reason": "inspected", "usage": usage}),
+        ]
 
     # --- replying -----------------------------------------------------------------------------------
 
