@@ -6,12 +6,19 @@ worker's parent process stays small and only the child that runs such a job load
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Task, shared_task
+from celery.signals import worker_ready
+from django.db import DatabaseError, connections
 
 from workers.jobs.actions import reap_stale_jobs
 from workers.jobs.runner import worker_name
 from workers.jobs.tokenizer import TokenizerJobRunner
 from workers.models import Job
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, ignore_result=True)
@@ -36,3 +43,24 @@ TASKS = {Job.Kind.TOKENIZER: train_tokenizer}
 
 def task_for_kind(kind: str) -> Task:
     return TASKS[kind]
+
+
+@worker_ready.connect
+def resend_queued_jobs(**kwargs: Any) -> int:
+    """Sends the message of every queued job again when a worker starts. Returns how many.
+
+    A Redis that restarted has lost the messages of the jobs waiting in it (the private one of
+    `./course run` keeps nothing), and those jobs would wait forever. A job whose message
+    survived now has two; whichever comes second finds the job claimed and does nothing.
+    """
+    try:
+        jobs = list(Job.objects.filter(status=Job.Status.QUEUED).order_by("pk").values_list("pk", "kind"))
+    except DatabaseError:  # e.g. a worker started before the web service migrated the database
+        logger.warning("could not look for queued jobs to send again", exc_info=True)
+        return 0
+    for pk, kind in jobs:
+        task_for_kind(kind).delay(pk)
+    # This runs in the worker's parent process, which forks new children later: leave them no
+    # open database connection to inherit.
+    connections.close_all()
+    return len(jobs)

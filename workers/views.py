@@ -41,9 +41,9 @@ CANCEL_NOTES = {
 @learner_required
 @require_http_methods(["GET", "POST"])
 def tokenizer_lab(request: HttpRequest) -> HttpResponse:
-    # The size check must see the upload before anything reads the body, and the CSRF
-    # middleware reads it (for the token): so this view is exempt and checks CSRF itself below,
-    # the pattern Django's docs give for upload handlers.
+    # The size check must see the upload before anything parses the body into files, and the
+    # CSRF middleware would parse it (for the token): so this view is exempt and checks CSRF
+    # itself below, the pattern Django's docs give for upload handlers.
     handler = LimitedUploadHandler(request, settings.JOB_UPLOAD_MAX_BYTES)
     request.upload_handlers.insert(0, handler)
     return _tokenizer_lab(request, handler)

@@ -32,6 +32,7 @@ def database_url(settings_dict: dict) -> str:
 class Worker:
     def __init__(self, env: dict[str, str], log: Path, beat_schedule: Path | None = None, name: str = "tests") -> None:
         self.log = log
+        self.env = env
         args = [str(CELERY), "-A", "courseapp", "worker", "-Q", "cpu,gpu", "--concurrency", "1",
                 "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h",
                 "--without-mingle", "--without-gossip", "--without-heartbeat"]  # fmt: skip

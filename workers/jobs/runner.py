@@ -101,7 +101,7 @@ class JobRunner:
             raise JobLost
 
     def should_stop(self) -> bool:
-        """True once the learner asked to cancel. Reads the database at most twice a second."""
+        """True once the learner asked to cancel. Reads the database at most every report_interval."""
         now = time.monotonic()
         if now - self._last_cancel_check < self.report_interval:
             return False
