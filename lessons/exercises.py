@@ -44,6 +44,7 @@ EXERCISES: dict[str, Exercise] = {
             "See a prompt's tokens, the attention weights of any layer and head as a heat map, "
             "and what the model would predict at each layer.",
             ("prompt",),
+            "exercises/_inside_the_model.html",
         ),
         Exercise(
             "tokenize",

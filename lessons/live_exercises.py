@@ -7,6 +7,7 @@ says what to do with its events.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,8 @@ async def handle(consumer: ExerciseConsumer, message: dict[str, Any]) -> None:
         await _next_token(consumer, widget, action, message)
     elif exercise == "generate":
         await _generate(consumer, widget, action, message)
+    elif exercise == "inside-the-model":
+        await _inside(consumer, widget, message)
     else:
         raise BadRequest("this exercise does not talk to the model")
 
@@ -145,12 +148,71 @@ async def _generate(consumer: ExerciseConsumer, widget: str, action: str, messag
         await consumer.send_html("exercises/_gen_start.html", {"widget": widget, "prompt": prompt, "chat": chat})
 
 
+# --- Inside the model ------------------------------------------------------------------------------------
+
+HEAT_SHADES = 10  # .heat-0 ... .heat-9 in course.css
+# Shade i starts at weight (i/10)^2: square-root steps, because attention is often spread thin
+# and a linear scale would leave most of the map blank.
+HEAT_LEGEND = [{"shade": i, "label": f"{(i / HEAT_SHADES) ** 2:.0%}"} for i in range(HEAT_SHADES)]
+
+
+async def _inside(consumer: ExerciseConsumer, widget: str, message: dict[str, Any]) -> None:
+    prompt = _prompt(message)
+    picked = [str(message.get(name, "")) for name in ("layer", "head")]
+    if not all(value.isdigit() for value in picked):
+        raise BadRequest("pick a layer and a head")
+    layer, head = map(int, picked)
+    # `shape` is what the page's pickers offer; the reply replaces them if the model differs.
+    context = {"widget": widget, "kind": "inside-the-model", "shape": str(message.get("shape", ""))}
+    if await consumer.submit(context, prompt, {}, mode="inspect", layer=layer, head=head):
+        await consumer.send_html("exercises/_inside_status.html", {"widget": widget, "busy": True})
+
+
+async def _inside_event(consumer: ExerciseConsumer, kind: str, event: dict[str, Any], context: dict[str, Any]) -> None:
+    widget = context["widget"]
+    if kind == "inspected":
+        await consumer.send_html("exercises/_inside_result.html", _inside_view(widget, event, context["shape"]))
+    elif kind == "done":
+        status = {"widget": widget, "reason": event["reason"], "usage": event.get("usage", {})}
+        await consumer.send_html("exercises/_inside_status.html", status)
+    elif kind == "error":
+        await consumer.send_html("exercises/_inside_status.html", {"widget": widget})
+        await consumer.error(event["error"], context)
+
+
+def _inside_view(widget: str, event: dict[str, Any], shown_shape: str) -> dict[str, Any]:
+    """What _inside_result.html shows: a shade per heat-map cell, the model's final answer marked in the lens."""
+    tokens = event["tokens"]
+    heat = []
+    for i, weights in enumerate(event["attention"]):
+        cells = [
+            {"key": tokens[j], "p": p, "shade": min(HEAT_SHADES - 1, int(math.sqrt(max(p, 0)) * HEAT_SHADES))}
+            for j, p in enumerate(weights[: i + 1])
+        ]
+        heat.append({"token": tokens[i], "cells": cells, "masked": range(len(tokens) - i - 1)})
+    final = event["lens"][-1]["top"][0]["id"]
+    lens = [{**row, "top": [{**t, "final": t["id"] == final} for t in row["top"]]} for row in event["lens"]]
+    return {
+        "widget": widget,
+        "tokens": tokens,
+        "heat": heat,
+        "legend": HEAT_LEGEND,
+        "lens": lens,
+        **{name: event[name] for name in ("layer", "head", "layers", "heads")},
+        # The pickers are swapped only when the model's shape differs: replacing a select on
+        # every reply would take the keyboard focus away from a learner stepping through heads.
+        "picks": f"{event['layers']}x{event['heads']}" != shown_shape,
+    }
+
+
 # --- What comes back ------------------------------------------------------------------------------------
 
 
 async def on_event(consumer: ExerciseConsumer, kind: str, event: dict[str, Any], context: dict[str, Any]) -> None:
     widget = context["widget"]
-    if kind == "error":
+    if context["kind"] == "inside-the-model":
+        await _inside_event(consumer, kind, event, context)
+    elif kind == "error":
         await consumer.error(event["error"], context)
     elif kind == "queued":
         await consumer.send_html("exercises/_queued.html", {"widget": widget, "position": event["position"]})

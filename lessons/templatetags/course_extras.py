@@ -19,3 +19,9 @@ def percent(p: float) -> str:
     if value >= 0.1:
         return f"{value:.1f}%"
     return "<0.1%"
+
+
+@register.filter
+def times(count: int) -> range:
+    """0, 1, ..., count - 1: `{% for i in 30|times %}` (the template language has no range)."""
+    return range(int(count))
