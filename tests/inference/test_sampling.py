@@ -58,3 +58,15 @@ def test_top_k_keeps_k_tokens_and_top_p_the_smallest_set_reaching_p():
     assert (top_p > 0).tolist() == [True, True, False, False]
     assert torch.allclose(top_p[:2], probs[:2] / probs[:2].sum())
     assert (adjusted_probs(LOGITS, SamplingParams(top_p=0.5)) > 0).tolist() == [True, False, False, False]
+
+
+def test_pick_draws_in_proportion_to_the_probabilities():
+    from workers.inference.sampling import pick
+
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.tensor([pick(probs, generator) for _ in range(4000)]), minlength=4)
+    assert counts[3] == 0
+    assert torch.allclose(counts / 4000, probs, atol=0.03)
+    first, second = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert [pick(probs, first) for _ in range(50)] == [pick(probs, second) for _ in range(50)]
