@@ -203,3 +203,16 @@ async def test_a_widget_with_a_bad_id_is_refused(settings):
     communicator = WebsocketCommunicator(ExerciseConsumer.as_asgi(), "/ws/exercise/?widget=<script>")
     connected, _ = await communicator.connect()
     assert not connected
+
+
+async def test_too_many_requests_get_an_error_frame_and_the_socket_stays(settings):
+    settings.MODEL_WS_RATE_PER_MINUTE = 1
+    ws = await connect()
+    await ready(ws)
+    # The window counts per learner: this socket is a new anonymous learner.
+    await ws.send_json_to({"type": "generate", "id": "one", "prompt": "Hi", "max_tokens": 1})
+    assert (await frames(ws))[-1]["type"] == "done"
+    await ws.send_json_to({"type": "generate", "id": "two", "prompt": "Hi", "max_tokens": 1})
+    error = (await frames(ws, until="error"))[-1]
+    assert error["id"] == "two" and "Too many requests" in error["error"]
+    await ws.disconnect()
