@@ -260,7 +260,8 @@ class ModelServer:
                 pending.tokens.append(event.data)
                 continue
             await self._flush(event.request_id, pending, now)
-            await self._send(pending, event.request_id, event.kind, event.data)
+            data = {**event.data, "server": self.server_id} if event.kind == "started" else event.data
+            await self._send(pending, event.request_id, event.kind, data)
             if event.kind in {"done", "error"}:
                 self.pending.pop(event.request_id, None)
                 if self.by_owner.get(pending.owner) == event.request_id:
