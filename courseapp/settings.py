@@ -157,7 +157,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels-redis's layer with a fix for messages lost when a websocket closes.
+        "BACKEND": "courseapp.channel_layer.CourseChannelLayer",
         "CONFIG": {
             # socket_timeout=None: with redis-py 8, channels-redis 4.3.0 otherwise times out the
             # blocking receive of an idle consumer after 5 s and closes its websocket (1011).
@@ -241,8 +242,8 @@ _DEFAULT_MODEL_PATH = DATA_DIR / "models" / "smollm2-135m-instruct"
 MODEL_PATH = Path(os.environ.get("MODEL_PATH") or _DEFAULT_MODEL_PATH)
 MODEL_PATH_IS_DEFAULT = MODEL_PATH == _DEFAULT_MODEL_PATH
 MODEL_DEVICE = os.environ.get("MODEL_DEVICE", "")  # empty: CUDA when present, else CPU
-# CPU threads of the model server; 0 keeps torch's default (one per core). On a small machine
-# shared with the web server, fewer threads keep torch's thread barriers from stalling.
+# CPU threads of the model server; 0 means one less than the cores (at least one), leaving a
+# core to the web server and the worker: torch's threads stall badly when one lacks a core.
 MODEL_THREADS = envint("MODEL_THREADS", 0, minimum=0)
 # Rows decoded together at each step; more wait in a queue and see their position.
 MODEL_MAX_ROWS = envint("MODEL_MAX_ROWS", 16, minimum=1)

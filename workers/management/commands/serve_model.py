@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 from django.conf import settings
@@ -25,10 +26,11 @@ class Command(BaseCommand):
         from workers.inference.server import ModelServer
 
         logging.getLogger("workers").setLevel(logging.INFO)
-        if settings.MODEL_THREADS:
-            import torch
+        import torch
 
-            torch.set_num_threads(settings.MODEL_THREADS)
+        # One core is left to the web server, Redis and the worker: with every core busy,
+        # torch's threads wait on each other at every barrier (bench/README.md).
+        torch.set_num_threads(settings.MODEL_THREADS or max(1, (os.cpu_count() or 2) - 1))
         if not is_prepared(settings.MODEL_PATH):
             raise CommandError(f"no model in {settings.MODEL_PATH}: run `python manage.py prepare_model` first")
         model, tokenizer = load_model(settings.MODEL_PATH, device)
