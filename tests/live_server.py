@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,19 +37,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The base URL of a real daphne server with the course synced into a fresh database."""
-    data = tmp_path_factory.mktemp("server")
+def course_environment(data: Path, **extra: str) -> dict[str, str]:
+    """Environment for a server process on its own SQLite file in `data`, migrated and synced."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "courseapp.settings_test",
         "DATA_DIR": str(data),
-        "DATABASE_URL": f"sqlite:///{data / 'browser.sqlite3'}",
+        "DATABASE_URL": f"sqlite:///{data / 'server.sqlite3'}",
         "MODEL_PATH": str(settings.MODEL_PATH),  # the web process reads the course tokenizer
+        **extra,
     }
     for command in (["migrate", "--noinput", "-v", "0"], ["sync_lessons"]):
         subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
+    return env
+
+
+@contextmanager
+def running_daphne(env: dict[str, str], data: Path) -> Iterator[LiveServer]:
+    """daphne serving the whole ASGI app with `env`, until the block ends."""
     port = _free_port()
     url = LiveServer(f"http://127.0.0.1:{port}")
     url.env = env
@@ -63,6 +69,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The base URL of a real daphne server with the course synced into a fresh database."""
+    data = tmp_path_factory.mktemp("server")
+    with running_daphne(course_environment(data), data) as url:
+        yield url
 
 
 def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:

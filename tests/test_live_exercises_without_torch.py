@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.subprocess_checks import assert_runs_in_a_fresh_process
 
 
 def test_rendering_inside_the_model_imports_neither_torch_nor_transformers():
@@ -25,8 +21,4 @@ def test_rendering_inside_the_model_imports_neither_torch_nor_transformers():
         "heavy = sorted({'torch', 'transformers', 'workers.inference.inspect'} & set(sys.modules))\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT, capture_output=True, text=True, env={"DJANGO_SETTINGS_MODULE": "courseapp.settings_test", "PATH": ""},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert_runs_in_a_fresh_process(script)

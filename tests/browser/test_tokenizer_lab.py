@@ -4,12 +4,6 @@ its merges and downloads it: daphne, a real Celery worker and Redis behind the p
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -19,48 +13,21 @@ from tokenizers import Tokenizer
 
 from tests.conftest import PASSWORD
 from tests.jobs.conftest import TINY_TEXT
-from tests.jobs.worker import ROOT, Worker, purge_job_queues
+from tests.jobs.worker import Worker, purge_job_queues
+from tests.live_server import course_environment, running_daphne
 
 
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The course on daphne plus a Celery worker, sharing one database and data folder."""
     data = tmp_path_factory.mktemp("lab")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "courseapp.settings_test",
-        "DATA_DIR": str(data),
-        "DATABASE_URL": f"sqlite:///{data / 'lab.sqlite3'}",
-        "MODEL_PATH": str(settings.MODEL_PATH),  # for the course tokenizer in the comparison
-        "REDIS_URL": settings.REDIS_URL,
-    }
-    for command in (["migrate", "--noinput", "-v", "0"], ["sync_lessons"]):
-        subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
+    env = course_environment(data, REDIS_URL=settings.REDIS_URL)
     purge_job_queues()
     worker = Worker(env, data / "worker.log", name="browser")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with open(data / "daphne.log", "w") as log:
-        web = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "courseapp.asgi:application"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or web.poll() is not None:
-                    raise RuntimeError((data / "daphne.log").read_text()) from None
-                time.sleep(0.2)
-        yield url
+        with running_daphne(env, data) as url:
+            yield url
     finally:
-        web.terminate()
-        web.wait(10)
         worker.stop()
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.jobs.conftest import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.subprocess_checks import assert_runs_in_a_fresh_process
 
 
 def test_the_web_side_of_jobs_imports_neither_torch_nor_transformers():
@@ -21,11 +18,7 @@ def test_the_web_side_of_jobs_imports_neither_torch_nor_transformers():
         "heavy = sorted({'torch', 'transformers', 'peft'} & set(sys.modules))\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT, capture_output=True, text=True, env={"DJANGO_SETTINGS_MODULE": "courseapp.settings_test", "PATH": ""},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert_runs_in_a_fresh_process(script)
 
 
 @pytest.mark.django_db(transaction=True)
