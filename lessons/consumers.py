@@ -24,6 +24,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 
 from lessons.ratelimit import allow
+from workers.consumers import read_json_frame
 from workers.inference.protocol import REQUEST_CHANNEL, SERVERS_GROUP, cancel_message, live_servers, request_message
 from workers.inference.sampling import BadRequest, SamplingParams
 
@@ -64,13 +65,10 @@ class ModelSessionConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(STATUS_INTERVAL)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is None or len(text_data.encode()) > MAX_FRAME_BYTES:
-            await self.error(f"send JSON text frames of at most {MAX_FRAME_BYTES // 1024} KiB")
-            return
         try:
-            message = json.loads(text_data)
-        except json.JSONDecodeError:
-            await self.error("that frame is not valid JSON")
+            message = read_json_frame(text_data, MAX_FRAME_BYTES)
+        except ValueError as exc:
+            await self.error(str(exc))
             return
         if not isinstance(message, dict):
             await self.error("send a JSON object")

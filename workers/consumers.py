@@ -17,6 +17,17 @@ from workers.models import Job
 MAX_FRAME_BYTES = 4096
 
 
+def read_json_frame(text_data: str | None, max_bytes: int) -> Any:
+    """The JSON a client sent, or ValueError with a message to send back to it."""
+    if text_data is None or len(text_data.encode()) > max_bytes:
+        raise ValueError(f"send JSON text frames of at most {max_bytes // 1024} KiB")
+    try:
+        message = json.loads(text_data)
+    except json.JSONDecodeError:
+        raise ValueError("that frame is not valid JSON") from None
+    return message
+
+
 class HealthConsumer(AsyncWebsocketConsumer):
     """`ws/health/`: proves the whole live path works, browser to channel layer and back.
 
@@ -31,13 +42,10 @@ class HealthConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "hello", "signed_in": bool(user and user.is_authenticated)})
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is None or len(text_data.encode()) > MAX_FRAME_BYTES:
-            await self.send_json({"type": "error", "error": "send JSON text frames of at most 4 KiB"})
-            return
         try:
-            message = json.loads(text_data)
-        except json.JSONDecodeError:
-            await self.send_json({"type": "error", "error": "that frame is not valid JSON"})
+            message = read_json_frame(text_data, MAX_FRAME_BYTES)
+        except ValueError as exc:
+            await self.send_json({"type": "error", "error": str(exc)})
             return
         if not isinstance(message, dict) or message.get("type") != "ping":
             await self.send_json({"type": "error", "error": 'unknown message; send {"type": "ping"}'})
