@@ -222,13 +222,10 @@ def _complete_if_quiz_passed(request: HttpRequest, lesson: Lesson) -> bool:
     right = QuizAnswer.objects.filter(user=request.user, question__in=questions, choice__is_correct=True).count()
     if right < questions.count():
         return False
-    updated = LessonProgress.objects.filter(user=request.user, lesson=lesson, completed_at__isnull=True).update(
-        completed_at=timezone.now()
-    )
-    if not updated and not LessonProgress.objects.filter(user=request.user, lesson=lesson).exists():
-        LessonProgress.objects.create(user=request.user, lesson=lesson, completed_at=timezone.now())
-        return True
-    return bool(updated)
+    LessonProgress.objects.get_or_create(user=request.user, lesson=lesson)
+    # A conditional update: of two answers racing to complete the quiz, one reports it.
+    pending = LessonProgress.objects.filter(user=request.user, lesson=lesson, completed_at__isnull=True)
+    return bool(pending.update(completed_at=timezone.now()))
 
 
 # --- Accounts -----------------------------------------------------------------------------------------
