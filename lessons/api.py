@@ -139,8 +139,7 @@ def _completion_params(body: dict[str, Any]) -> tuple[str, dict[str, Any], int, 
     try:
         parsed = SamplingParams.from_dict(params)
     except BadRequest as exc:
-        param = str(exc).split(" ")[0]
-        raise ApiError(400, str(exc), param=param) from None
+        raise ApiError(400, str(exc), param=exc.param) from None
     if parsed.max_tokens == 0:
         raise ApiError(400, f"'max_tokens' must be between 1 and {MAX_TOKENS_LIMIT}.", param="max_tokens")
     return prompt, params, logprobs, bool(body.get("stream"))

@@ -111,6 +111,7 @@ async def test_tokenize(key):
         ({"prompt": "Hi", "n": 3}, "n", "must be 1"),
         ({"prompt": "Hi", "logprobs": 9}, "logprobs", "0 to 5"),
         ({"prompt": "Hi", "echo": True}, "echo", "not supported"),
+        ({"prompt": "Hi", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 stop strings"),
     ],
 )
 async def test_bad_parameters_get_an_openai_style_error(key, body, param, message):

@@ -18,7 +18,11 @@ MAX_CANDIDATES = 20
 
 
 class BadRequest(ValueError):
-    """A request the learner can fix; the message says how."""
+    """A request the learner can fix; the message says how, `param` names the field at fault."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class SamplingParams:
             top_k = int(_number(data, "top_k", 0, 1, 49152, whole=True))
         top_p = _number(data, "top_p", 1.0, 0.0, 1.0)
         if top_p == 0:
-            raise BadRequest("top_p must be greater than 0 and at most 1")
+            raise BadRequest("top_p must be greater than 0 and at most 1", "top_p")
         seed_raw = data.get("seed")
         seed = None if seed_raw in (None, "") else int(_number(data, "seed", 0, 0, 2**63 - 1, whole=True))
         max_tokens = int(_number(data, "max_tokens", 64, 0, MAX_TOKENS_LIMIT, whole=True))
@@ -54,11 +58,11 @@ class SamplingParams:
         if isinstance(stop, str):
             stop = (stop,)
         if not isinstance(stop, list | tuple) or not all(isinstance(s, str) and s for s in stop):
-            raise BadRequest("stop must be a string or a list of non-empty strings")
+            raise BadRequest("stop must be a string or a list of non-empty strings", "stop")
         if len(stop) > MAX_STOP_STRINGS:
-            raise BadRequest(f"at most {MAX_STOP_STRINGS} stop strings")
+            raise BadRequest(f"at most {MAX_STOP_STRINGS} stop strings", "stop")
         if any(len(s) > 64 for s in stop):
-            raise BadRequest("each stop string may be at most 64 characters")
+            raise BadRequest("each stop string may be at most 64 characters", "stop")
         return cls(temperature, top_k, top_p, seed, max_tokens, tuple(stop), candidates)
 
 
@@ -67,17 +71,17 @@ def _number(data: dict[str, Any], name: str, default: float, low: float, high: f
     if raw is None or raw == "":
         return default
     if isinstance(raw, bool):
-        raise BadRequest(f"{name} must be a number")
+        raise BadRequest(f"{name} must be a number", name)
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be a number, not {str(raw)[:20]!r}") from None
+        raise BadRequest(f"{name} must be a number, not {str(raw)[:20]!r}", name) from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise BadRequest(f"{name} must be a finite number")
+        raise BadRequest(f"{name} must be a finite number", name)
     if whole and value != int(value):
-        raise BadRequest(f"{name} must be a whole number")
+        raise BadRequest(f"{name} must be a whole number", name)
     if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low:g} and {high:g}, not {value:g}")
+        raise BadRequest(f"{name} must be between {low:g} and {high:g}, not {value:g}", name)
     return value
 
 
