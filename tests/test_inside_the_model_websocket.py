@@ -11,7 +11,14 @@ from channels.testing import WebsocketCommunicator
 
 from lessons.consumers import ExerciseConsumer, ModelApiConsumer
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.sqlite_only, pytest.mark.usefixtures("model_server")]
+# Consumers close stale database connections on every message (channels), so these tests
+# need database access even where they store nothing.
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.sqlite_only,
+    pytest.mark.usefixtures("model_server"),
+    pytest.mark.django_db(transaction=True),
+]
 
 PROMPT = "The capital of France is"
 

@@ -12,7 +12,14 @@ from channels.testing import WebsocketCommunicator
 from lessons.consumers import ExerciseConsumer, ModelApiConsumer
 from workers.inference.protocol import live_servers
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.sqlite_only, pytest.mark.usefixtures("model_server")]
+# Consumers close stale database connections on every message (channels), so these tests
+# need database access even where they store nothing.
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.sqlite_only,
+    pytest.mark.usefixtures("model_server"),
+    pytest.mark.django_db(transaction=True),
+]
 
 
 async def connect(consumer=ModelApiConsumer, path="/ws/model/") -> WebsocketCommunicator:

@@ -11,7 +11,9 @@ from channels.testing import WebsocketCommunicator
 from lessons.consumers import ModelApiConsumer
 from tests.model_server import start_model_server, stop
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.sqlite_only]
+# Consumers close stale database connections on every message (channels), so these tests
+# need database access even where they store nothing.
+pytestmark = [pytest.mark.asyncio, pytest.mark.sqlite_only, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

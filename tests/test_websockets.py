@@ -11,7 +11,9 @@ from channels.testing import WebsocketCommunicator
 from courseapp.asgi import application
 from workers.consumers import HealthConsumer
 
-pytestmark = pytest.mark.asyncio
+# Consumers close stale database connections on every message (channels), so these tests
+# need database access even where they store nothing.
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
 async def connect(path: str = "/ws/health/", app=None, origin: bytes = b"http://localhost") -> WebsocketCommunicator:
