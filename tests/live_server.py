@@ -31,7 +31,7 @@ class LiveServer(str):
         return done.stdout
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -55,7 +55,7 @@ def course_environment(data: Path, **extra: str) -> dict[str, str]:
 @contextmanager
 def running_daphne(env: dict[str, str], data: Path) -> Iterator[LiveServer]:
     """daphne serving the whole ASGI app with `env`, until the block ends."""
-    port = _free_port()
+    port = free_port()
     url = LiveServer(f"http://127.0.0.1:{port}")
     url.env = env
     with open(data / "daphne.log", "w") as log:

@@ -17,6 +17,7 @@ import pytest
 from celery import Celery
 from django.conf import settings
 
+from tests.live_server import free_port
 from workers.inference.protocol import live_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +63,6 @@ class Launcher:
         while not self.lines.empty():
             self.output.append(self.lines.get())
         return "".join(self.output)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def alive(pid: int) -> bool:
