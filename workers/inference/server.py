@@ -23,7 +23,7 @@ from typing import Any
 
 from workers.inference.engine import Engine, Event, Request
 from workers.inference.inspect import inspect_prompt
-from workers.inference.protocol import MODES, REQUEST_CHANNEL, SERVERS_GROUP, announce
+from workers.inference.protocol import MODES, REQUEST_CHANNEL, SERVERS_GROUP, announce, redis_client
 from workers.inference.sampling import BadRequest, SamplingParams
 
 log = logging.getLogger("workers.model_server")
@@ -32,6 +32,8 @@ log = logging.getLogger("workers.model_server")
 # cost more than the token on a fast device.
 FRAME_INTERVAL = 0.04
 MAX_PROMPT_CHARS = 20_000
+# How long a server's claim on a request id lasts: far longer than a second delivery can take.
+CLAIM_SECONDS = 600
 # Inspections waiting for their turn: each takes a fraction of a second, so this many is a few
 # seconds of waiting; past it the learner is told the model is busy.
 MAX_INSPECTIONS = 32
@@ -99,8 +101,23 @@ class ModelServer:
                 await asyncio.sleep(0.05)
                 continue
             message = await self.layer.receive(REQUEST_CHANNEL)
-            self.inbox.append(message)
-            self.wakeup.set()
+            if await self._claim(message):
+                self.inbox.append(message)
+                self.wakeup.set()
+
+    async def _claim(self, message: dict[str, Any]) -> bool:
+        """True for the first server to take this request; False for a second delivery of it.
+
+        channels-redis keeps one in-flight backup list per channel name, shared by every process
+        reading that channel, and each reader puts that whole list back in the queue before it
+        pops. With several servers on `model.requests`, a request another server has just taken
+        can be delivered again; run twice, it would send the learner two streams at once.
+        """
+        request_id = str(message.get("request_id", ""))
+        if message.get("type") != "model.request" or not request_id:
+            return True  # _admit refuses it with a message
+        key = f"course:model-request:{request_id}"
+        return bool(await redis_client(self.redis_url).set(key, self.server_id, nx=True, ex=CLAIM_SECONDS))
 
     async def _receive_cancels(self) -> None:
         while not self.stopping:
