@@ -27,7 +27,15 @@ async def one_learner(number: int) -> str:
     ws = WebsocketCommunicator(ModelApiConsumer.as_asgi(), "/ws/model/")
     await ws.connect()
     assert json.loads(await ws.receive_from(timeout=10))["model"] == "ready"
-    await ws.send_json_to({"type": "generate", "id": str(number), "prompt": f"Fact {number}:", "max_tokens": 40})
+    await ws.send_json_to(
+        {
+            "type": "generate",
+            "id": str(number),
+            "prompt": f"Chapter {number}. Once upon a time",
+            "max_tokens": 40,
+            "temperature": 0,
+        }
+    )
     server = ""
     while True:
         frame = json.loads(await ws.receive_from(timeout=60))
