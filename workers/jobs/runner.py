@@ -86,13 +86,14 @@ class JobRunner:
     def report(self, stage: str, progress: float | None) -> None:
         """Saves and publishes progress, which is also the job's heartbeat.
 
-        A new stage is saved at once; new progress at most every report_interval seconds; the
-        same progress again only as a heartbeat, every JOB_HEARTBEAT_SECONDS.
+        A new stage is saved at once; new progress at most every report_interval seconds, except
+        that every new tenth is shown (a fast stage still moves the bar); the same progress again
+        only as a heartbeat, every JOB_HEARTBEAT_SECONDS.
         """
         now = time.monotonic()
         if stage == self.job.stage:
             since = now - self._last_report
-            if since < self.report_interval:
+            if since < self.report_interval and not _new_tenth(self.job.progress, progress):
                 return
             if progress == self.job.progress and since < settings.JOB_HEARTBEAT_SECONDS:
                 return
@@ -168,3 +169,7 @@ def _spoken(seconds: float) -> str:
 
 def worker_name(hostname: str | None) -> str:
     return f"{hostname or 'worker'} pid {os.getpid()}"
+
+
+def _new_tenth(before: float | None, after: float | None) -> bool:
+    return before is not None and after is not None and int(after * 10) > int(before * 10)
