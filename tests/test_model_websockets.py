@@ -22,6 +22,10 @@ pytestmark = [
 ]
 
 
+# Greedy on this prompt runs on for hundreds of tokens; a sampled reply may end at once.
+LONG = "Chapter 1. Once upon a time"
+
+
 async def connect(consumer=ModelApiConsumer, path="/ws/model/") -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(consumer.as_asgi(), path)
     connected, _ = await communicator.connect()
@@ -93,7 +97,7 @@ async def test_candidates_come_raw_and_adjusted(settings):
 async def test_cancel_frees_the_row_within_a_step(settings):
     ws = await connect()
     await ready(ws)
-    await ws.send_json_to({"type": "generate", "id": "long", "prompt": "Tell me a long story.", "max_tokens": 400})
+    await ws.send_json_to({"type": "generate", "id": "long", "prompt": LONG, "max_tokens": 400, "temperature": 0})
     await frames(ws, until="tokens")
     started = time.monotonic()
     await ws.send_json_to({"type": "cancel", "id": "long"})
@@ -108,7 +112,7 @@ async def test_cancel_frees_the_row_within_a_step(settings):
 async def test_a_closed_websocket_frees_its_row(settings):
     ws = await connect()
     await ready(ws)
-    await ws.send_json_to({"type": "generate", "id": "gone", "prompt": "Write an essay.", "max_tokens": 400})
+    await ws.send_json_to({"type": "generate", "id": "gone", "prompt": LONG, "max_tokens": 400, "temperature": 0})
     await frames(ws, until="tokens")
     await ws.disconnect()
     started = time.monotonic()
@@ -121,7 +125,7 @@ async def test_a_closed_websocket_frees_its_row(settings):
 async def test_a_new_request_replaces_the_learners_running_one(settings):
     ws = await connect()
     await ready(ws)
-    await ws.send_json_to({"type": "generate", "id": "old", "prompt": "Count to a hundred:", "max_tokens": 300})
+    await ws.send_json_to({"type": "generate", "id": "old", "prompt": LONG, "max_tokens": 300, "temperature": 0})
     await frames(ws, until="tokens")
     await ws.send_json_to({"type": "generate", "id": "new", "prompt": "Hi", "max_tokens": 3, "temperature": 0})
     got = await frames(ws, until="done")
