@@ -140,7 +140,9 @@ async def test_waiting_learners_see_their_place_in_the_queue(settings):
     sockets = [await connect() for _ in range(3)]
     for number, ws in enumerate(sockets):
         await ready(ws)
-        await ws.send_json_to({"type": "generate", "id": f"q{number}", "prompt": f"Story {number}:", "max_tokens": 60})
+        # Greedy, on prompts that run on: a sampled reply could end early and make "length" a gamble.
+        request = {"id": f"q{number}", "prompt": f"Chapter {number}. Once upon a time", "max_tokens": 40}
+        await ws.send_json_to({"type": "generate", **request, "temperature": 0})
     # The test server runs 2 rows: the third learner waits, moves up to first in line, then starts.
     got = await frames(sockets[2])
     kinds = [f["type"] for f in got]

@@ -34,6 +34,10 @@ FRAME_INTERVAL = 0.04
 MAX_PROMPT_CHARS = 20_000
 # How long a server's claim on a request id lasts: far longer than a second delivery can take.
 CLAIM_SECONDS = 600
+# A server with every row busy waits this long before it takes another request from the shared
+# channel: Redis hands a message to the reader that has waited longest, so an idle server (already
+# waiting) gets it first. With no idle server the busy one queues it after this short pause.
+BUSY_PATIENCE_SECONDS = 0.2
 # Inspections waiting for their turn: each takes a fraction of a second, so this many is a few
 # seconds of waiting; past it the learner is told the model is busy.
 MAX_INSPECTIONS = 32
@@ -76,6 +80,9 @@ class ModelServer:
 
     async def run(self) -> None:
         self.own_channel = await self.layer.new_channel("model-server.")
+        # Connect the claiming client now: a cold first claim (a new connection) loses the race
+        # for a request to a warm server and, at startup, would leave this one idle.
+        await redis_client(self.redis_url).ping()
         await self.layer.group_add(SERVERS_GROUP, self.own_channel)
         tasks = [
             asyncio.create_task(self._receive_requests()),
@@ -100,10 +107,16 @@ class ModelServer:
             if len(self.engine.queue) >= self.engine.max_queue:
                 await asyncio.sleep(0.05)
                 continue
+            if self._busy():
+                await asyncio.sleep(BUSY_PATIENCE_SECONDS)
             message = await self.layer.receive(REQUEST_CHANNEL)
             if await self._claim(message):
                 self.inbox.append(message)
                 self.wakeup.set()
+
+    def _busy(self) -> bool:
+        waiting = len(self.engine.queue) + len(self.inbox)
+        return len(self.engine.rows) + waiting >= self.engine.max_rows
 
     async def _claim(self, message: dict[str, Any]) -> bool:
         """True for the first server to take this request; False for a second delivery of it.
