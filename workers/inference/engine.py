@@ -39,6 +39,7 @@ class Request:
     # token of `continuation_ids` after the prompt (and generate nothing).
     mode: str = "generate"
     continuation_ids: list[int] = field(default_factory=list)
+    adapter: Any = None  # a LoraAdapter (workers/inference/adapters.py), or None for the base model
 
 
 @dataclass
@@ -183,10 +184,10 @@ class Engine:
                 budget -= len(chunk)
                 score_from = len(row.request.prompt_ids) - 1
                 all_logits = row.request.mode == "score" and start + len(chunk) > score_from
-                segments.append(Segment(row.slot, start, chunk, all_logits=all_logits))
+                segments.append(Segment(row.slot, start, chunk, all_logits, row.request.adapter))
             else:
                 position = len(row.tokens) + len(row.generated) - 1
-                segments.append(Segment(row.slot, position, [row.generated[-1]]))
+                segments.append(Segment(row.slot, position, [row.generated[-1]], adapter=row.request.adapter))
             owners.append(row)
         return segments, owners
 

@@ -12,14 +12,22 @@ weights with its own small forward pass:
   token when a row is being scored), because the 49,152-way output layer is the largest one.
 
 The result equals the Hugging Face model's logits (tests/inference/test_runner.py checks it).
+
+A segment may name a LoRA adapter (workers/inference/adapters.py): its tokens then get that
+adapter's low-rank update on top of every adapted layer, while the other rows of the same step
+use the base model or their own adapters. The shared base products are computed once for all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from workers.inference.adapters import LoraAdapter
 
 
 @dataclass
@@ -28,6 +36,7 @@ class Segment:
     start: int  # position of the first token (= tokens of this row already in the cache)
     tokens: list[int]
     all_logits: bool = False  # logits for every token, not just the last
+    adapter: LoraAdapter | None = None  # None: the base model
 
 
 class LlamaRunner:
@@ -104,6 +113,34 @@ class LlamaRunner:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
+    def _adapter_groups(
+        self, segments: list[Segment], offsets: list[int]
+    ) -> list[tuple[LoraAdapter, torch.Tensor | None]]:
+        """Each adapter in this step with the token rows it applies to (None: every row)."""
+        rows: dict[int, tuple[LoraAdapter, list[int]]] = {}
+        for segment, offset in zip(segments, offsets, strict=True):
+            if segment.adapter is not None:
+                entry = rows.setdefault(id(segment.adapter), (segment.adapter, []))
+                entry[1].extend(range(offset, offset + len(segment.tokens)))
+        total = offsets[-1] + len(segments[-1].tokens)
+        return [
+            (adapter, None if len(indices) == total else torch.tensor(indices, device=self.device))
+            for adapter, indices in rows.values()
+        ]
+
+    @staticmethod
+    def _adapt(y: torch.Tensor, x: torch.Tensor, layer: int, fused: str, adapted) -> None:
+        """Adds each adapter's low-rank update (x A) B to its own rows of y, in place."""
+        for adapter, rows in adapted:
+            pair = adapter.weights.get((layer, fused))
+            if pair is None:
+                continue
+            a, b = pair
+            if rows is None:
+                y.add_((x @ a) @ b)
+            else:
+                y.index_add_(0, rows, (x[rows] @ a) @ b)
+
     @torch.inference_mode()
     def forward(self, segments: list[Segment]) -> list[torch.Tensor]:
         """Runs one step; returns, per segment, float32 logits [n, vocab] (n = 1 or all tokens)."""
@@ -138,10 +175,13 @@ class LlamaRunner:
             limit[single_slots] = torch.tensor([segments[i].start for i in singles], device=self.device)
             single_mask = (key_pos[None, :] <= limit[:, None])[:, None, None, :]
 
+        adapted = self._adapter_groups(segments, offsets)
+
         x = self.model.model.embed_tokens(ids)
         for index, layer in enumerate(self.layers):
             h = self._rms_norm(x, layer.input_layernorm.weight)
             qkv = h @ self.qkv[index]
+            self._adapt(qkv, h, index, "qkv", adapted)
             q = qkv[:, : self.q_size].view(-1, self.n_heads, self.head_dim)
             k = qkv[:, self.q_size : self.q_size + self.kv_size].view(-1, self.n_kv, self.head_dim)
             v = qkv[:, self.q_size + self.kv_size :].view(-1, self.n_kv, self.head_dim)
@@ -177,10 +217,18 @@ class LlamaRunner:
                     enable_gqa=True,
                 )
                 out[rows] = attended[0].transpose(0, 1)
-            x = x + out.reshape(-1, self.q_size) @ self.o[index]
+            attended = out.reshape(-1, self.q_size)
+            projected = attended @ self.o[index]
+            self._adapt(projected, attended, index, "o", adapted)
+            x = x + projected
             h = self._rms_norm(x, layer.post_attention_layernorm.weight)
-            gate, up = (h @ self.gate_up[index]).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ self.down[index]
+            gate_up = h @ self.gate_up[index]
+            self._adapt(gate_up, h, index, "gate_up", adapted)
+            gate, up = gate_up.chunk(2, dim=-1)
+            mixed = F.silu(gate) * up
+            down = mixed @ self.down[index]
+            self._adapt(down, mixed, index, "down", adapted)
+            x = x + down
 
         wanted = []
         for i, s in enumerate(segments):
