@@ -281,6 +281,8 @@ UPLOADS_DIR = Path(os.environ.get("UPLOADS_DIR") or DATA_DIR / "uploads")
 # to "gpu" (docker-compose.yml runs a worker for each). Job.queue is read from here.
 CELERY_TASK_ROUTES = {
     "workers.tasks.train_tokenizer": {"queue": "cpu"},
+    "workers.tasks.train_lora": {"queue": "gpu"},
+    "workers.tasks.compare_quantizations": {"queue": "cpu"},
     "workers.tasks.reap_jobs": {"queue": "cpu"},
 }
 CELERY_BEAT_SCHEDULE = {

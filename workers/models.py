@@ -47,6 +47,8 @@ class JobQuerySet(models.QuerySet):
 class Job(models.Model):
     class Kind(models.TextChoices):
         TOKENIZER = "tokenizer", "Tokenizer training"
+        LORA = "lora", "LoRA fine-tuning"
+        QUANTIZATION = "quantization", "Quantization comparison"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
