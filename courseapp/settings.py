@@ -180,6 +180,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # One message at a time per worker process: jobs are long, and a prefetched job would wait
 # behind the running one while another worker sits idle.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A fresh pool process for every job: a job that loaded torch and a model (LoRA, quantization)
+# gives all of that memory back when its process ends (allocators keep what is merely freed),
+# and the next job, a tokenizer's say, starts small. Forking one costs milliseconds.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = 1
 # Acknowledge after the task ends, so a worker killed mid-job leaves the message for another.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -251,6 +255,9 @@ MODEL_MAX_CONTEXT = envint("MODEL_MAX_CONTEXT", 2048, minimum=64)
 # Prompt tokens read per step in all, so a long prompt cannot stall the rows already decoding.
 MODEL_PREFILL_CHUNK = envint("MODEL_PREFILL_CHUNK", 64, minimum=1)
 MODEL_MAX_QUEUE = envint("MODEL_MAX_QUEUE", 256, minimum=1)
+# Learners' LoRA adapters a model server keeps loaded (least recently used out first). The
+# course model's rank-8 adapter is a few MB; the model server reads them from ARTIFACTS_DIR.
+MODEL_MAX_ADAPTERS = envint("MODEL_MAX_ADAPTERS", 32, minimum=1)
 # Every request ends after this many seconds, whatever happens to the learner's connection.
 MODEL_REQUEST_TIMEOUT = envint("MODEL_REQUEST_TIMEOUT", 120, minimum=1)
 # Requests a learner may send to the model per minute over websockets.
@@ -276,6 +283,12 @@ if JOB_HEARTBEAT_TIMEOUT <= JOB_HEARTBEAT_SECONDS:
 # Finished jobs' files (tokenizer.json, adapters), one folder per job; and uploads while a job waits.
 ARTIFACTS_DIR = Path(os.environ.get("ARTIFACTS_DIR") or DATA_DIR / "artifacts")
 UPLOADS_DIR = Path(os.environ.get("UPLOADS_DIR") or DATA_DIR / "uploads")
+# A LoRA job whose worker died resumes from its last checkpoint (the reaper queues it again) at
+# most this many times; after that the reaper fails it like any other job.
+JOB_MAX_RESUMES = envint("JOB_MAX_RESUMES", 3, minimum=0)
+# Whether the GPU workers have CUDA and bitsandbytes, so the LoRA lab may offer QLoRA (a 4-bit
+# base model). A CPU worker refuses a QLoRA job with a message either way.
+LORA_QLORA_AVAILABLE = envbool("LORA_QLORA_AVAILABLE", False)
 
 # Each kind of job goes to the queue of the workers that can run it: CPU work to "cpu", GPU work
 # to "gpu" (docker-compose.yml runs a worker for each). Job.queue is read from here.

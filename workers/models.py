@@ -81,6 +81,8 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Times the reaper put the job back in the queue to resume from its checkpoint (LoRA jobs).
+    resumes = models.PositiveSmallIntegerField(default=0)
 
     objects = JobQuerySet.as_manager()
 
@@ -123,10 +125,26 @@ class Job(models.Model):
         return BUILTIN_CORPORA.get(corpus, corpus)
 
     @property
+    def dataset_label(self) -> str:
+        """What a LoRA job trains on, for people: "Shakespeare's sonnets", or “faq.jsonl”."""
+        from workers.training.lora import BUILTIN_DATASETS  # no torch: plain data
+
+        dataset = self.params.get("dataset", "")
+        if dataset == "upload":
+            return f"“{self.params.get('upload_name') or 'your file'}”"
+        return BUILTIN_DATASETS.get(dataset, dataset).split(" (")[0]
+
+    @property
     def summary(self) -> str:
         """What was asked, in a few words: "Shakespeare's works, vocabulary 8,000"."""
         if self.kind == self.Kind.TOKENIZER:
             return f"{self.corpus_label}, vocabulary {self.params.get('vocab_size', 0):,}"
+        if self.kind == self.Kind.LORA:
+            return f"{self.dataset_label}, rank {self.params.get('rank', 0)}"
+        if self.kind == self.Kind.QUANTIZATION:
+            prompt = self.params.get("prompt", "")
+            shown = prompt if len(prompt) <= 40 else prompt[:39].rstrip() + "…"
+            return f"“{shown}” at 32, 8 and 4 bits"
         return self.get_kind_display()
 
     @property
@@ -156,13 +174,20 @@ class Job(models.Model):
             status=self.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker, stage="Starting", progress=0.0,
         )  # fmt: skip
 
-    def report(self, stage: str, progress: float | None) -> bool:
-        """Progress and a heartbeat from the worker. False if the job is no longer running."""
-        updated = Job.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-            stage=stage, progress=progress, heartbeat_at=timezone.now()
-        )
+    def report(self, stage: str, progress: float | None, metrics: dict[str, Any] | None = None) -> bool:
+        """Progress and a heartbeat from the worker (and live metrics, if given). False if the
+        job is no longer running."""
+        changes: dict[str, Any] = {"stage": stage, "progress": progress, "heartbeat_at": timezone.now()}
+        if metrics is not None:
+            changes["metrics"] = metrics
+            self.metrics = metrics
+        updated = Job.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(**changes)
         self.stage, self.progress = stage, progress
         return bool(updated)
+
+    def beat(self) -> bool:
+        """A heartbeat alone, from a thread beside a long step. False if the job is no longer running."""
+        return bool(Job.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now()))
 
     def cancel_is_requested(self) -> bool:
         """Read fresh from the database: a cancel comes from another process."""
@@ -186,6 +211,15 @@ class Job(models.Model):
         return self._move(
             {"status": self.Status.RUNNING, "heartbeat_at__lt": cutoff},
             status=self.Status.FAILED, message=message, finished_at=timezone.now(),
+        )  # fmt: skip
+
+    def requeue_if_stale(self, cutoff: datetime, stage: str, metrics: dict[str, Any]) -> bool:
+        """running -> queued, only if still silent since `cutoff` and no cancel was asked for:
+        the reaper's move for a job that can resume from a checkpoint. Counts the resume.
+        """
+        return self._move(
+            {"status": self.Status.RUNNING, "heartbeat_at__lt": cutoff, "cancel_requested": False},
+            status=self.Status.QUEUED, stage=stage, metrics=metrics, worker="", resumes=models.F("resumes") + 1,
         )  # fmt: skip
 
     def cancel(self) -> str:

@@ -14,6 +14,8 @@ from celery.signals import worker_ready
 from django.db import DatabaseError, connections
 
 from workers.jobs.actions import reap_stale_jobs
+from workers.jobs.lora import LoraJobRunner
+from workers.jobs.quantization import QuantizationJobRunner
 from workers.jobs.runner import worker_name
 from workers.jobs.tokenizer import TokenizerJobRunner
 from workers.models import Job
@@ -24,6 +26,16 @@ logger = logging.getLogger(__name__)
 @shared_task(bind=True, ignore_result=True)
 def train_tokenizer(self: Task, job_id: int) -> str:
     return TokenizerJobRunner.execute(job_id, worker_name(self.request.hostname), soft_time_limit(self))
+
+
+@shared_task(bind=True, ignore_result=True)
+def compare_quantizations(self: Task, job_id: int) -> str:
+    return QuantizationJobRunner.execute(job_id, worker_name(self.request.hostname), soft_time_limit(self))
+
+
+@shared_task(bind=True, ignore_result=True)
+def train_lora(self: Task, job_id: int) -> str:
+    return LoraJobRunner.execute(job_id, worker_name(self.request.hostname), soft_time_limit(self))
 
 
 def soft_time_limit(task: Task) -> float | None:
@@ -38,7 +50,11 @@ def reap_jobs() -> int:
 
 
 # Which task runs each kind of job; its queue comes from settings.CELERY_TASK_ROUTES.
-TASKS = {Job.Kind.TOKENIZER: train_tokenizer}
+TASKS = {
+    Job.Kind.TOKENIZER: train_tokenizer,
+    Job.Kind.LORA: train_lora,
+    Job.Kind.QUANTIZATION: compare_quantizations,
+}
 
 
 def task_for_kind(kind: str) -> Task:

@@ -17,9 +17,11 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from lessons.views import learner_required
-from workers.forms import LimitedUploadHandler, TokenizerJobForm, initial_corpus
+from workers.forms import LimitedUploadHandler, QuantizationForm, TokenizerJobForm, initial_corpus
 from workers.jobs import QuotaExceeded, cancel_job, delete_job, files, get_job_for_user, submit_job
+from workers.jobs.lora_lab import LabRefused, blank_lora_form, lora_preview_context, submitted_lora_form
 from workers.jobs.panel import job_panel_context
+from workers.jobs.quantization import request_comparison
 from workers.jobs.tokenizer import comparison, merge_step
 from workers.models import Job
 
@@ -85,6 +87,98 @@ def _content_length(request: HttpRequest) -> int:
         return int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return 0
+
+
+# --- The quantization lab ----------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def quantization_lab(request: HttpRequest) -> HttpResponse:
+    # Anyone may look (the lab shows an earlier run of the default prompt); only learners submit.
+    if request.method == "POST":
+        return _submit_quantization(request)
+    template = "exercises/_quantization_lab.html" if request.htmx else "jobs/quantization_lab.html"
+    return render(request, template)
+
+
+@learner_required
+def _submit_quantization(request: HttpRequest) -> HttpResponse:
+    template = "exercises/_quantization_lab.html" if request.htmx else "jobs/quantization_lab.html"
+    form = QuantizationForm(request.POST)
+    job = None
+    if form.is_valid():
+        try:
+            job, reused = request_comparison(request.user, form.cleaned_data["prompt"])
+        except (QuotaExceeded, ValueError) as exc:
+            form.add_error(None if isinstance(exc, QuotaExceeded) else "prompt", str(exc))
+    if job is None:
+        return render(request, template, {"lab_form": form}, status=400)
+    if not request.htmx:
+        return redirect(job)
+    # In a lesson: the form again, with the same prompt to vary, and the job below it (live, or
+    # already finished when it was reused).
+    fresh = QuantizationForm(initial={"prompt": job.params["prompt"]})
+    return render(request, template, {"lab_form": fresh, "lab_job": job}, status=200 if reused else 201)
+
+
+# --- The LoRA lab --------------------------------------------------------------------------------------
+
+
+@csrf_exempt
+@learner_required
+@require_http_methods(["GET", "POST"])
+def lora_lab(request: HttpRequest) -> HttpResponse:
+    # Exempt and checked below, like the tokenizer lab: the size check must come first.
+    handler = LimitedUploadHandler(request, settings.JOB_UPLOAD_MAX_BYTES)
+    request.upload_handlers.insert(0, handler)
+    return _lora_lab(request, handler)
+
+
+@csrf_protect
+def _lora_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
+    template = "exercises/_lora_lab.html" if request.htmx else "jobs/lora_lab.html"
+    if request.method == "GET":
+        return render(request, template, {"lab_form": blank_lora_form(request.GET.get("dataset"))})
+    try:
+        form = submitted_lora_form(request, handler, too_large=_content_length(request) > _envelope_limit())
+        job = submit_job(request.user, Job.Kind.LORA, form.params(), upload=form.cleaned_data.get("file"))
+    except LabRefused as refused:
+        return render(request, template, {"lab_form": refused.form}, status=400)
+    except QuotaExceeded as exc:
+        form.add_error(None, str(exc))
+        return render(request, template, {"lab_form": form}, status=400)
+    if not request.htmx:
+        return redirect(job)
+    # In a lesson: the form again, with the same settings to vary, and the new job live below it.
+    return render(request, template, {"lab_form": blank_lora_form(job.params), "lab_job": job}, status=201)
+
+
+@csrf_exempt
+@learner_required
+@require_POST
+def lora_preview(request: HttpRequest) -> HttpResponse:
+    handler = LimitedUploadHandler(request, settings.JOB_UPLOAD_MAX_BYTES)
+    request.upload_handlers.insert(0, handler)
+    return _lora_preview(request, handler)
+
+
+@csrf_protect
+def _lora_preview(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
+    """The job's resolved settings and its first training examples, before it is submitted."""
+    try:
+        form = submitted_lora_form(request, handler, too_large=_content_length(request) > _envelope_limit())
+        context = lora_preview_context(form)
+    except LabRefused as refused:
+        if not request.htmx:
+            return render(request, "jobs/lora_lab.html", {"lab_form": refused.form}, status=400)
+        return render(request, "jobs/_lora_preview.html", {"preview_form": refused.form}, status=400)
+    if not request.htmx:  # the Preview button without JavaScript: the lab's page, with the preview
+        return render(request, "jobs/lora_lab.html", {"lab_form": form, **context})
+    return render(request, "jobs/_lora_preview.html", context)
+
+
+def _envelope_limit() -> int:
+    return settings.JOB_UPLOAD_MAX_BYTES + ENVELOPE_BYTES
 
 
 # --- One job -------------------------------------------------------------------------------------------

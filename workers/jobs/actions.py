@@ -154,6 +154,9 @@ def reap_stale_jobs() -> int:
     cutoff = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
     reaped = 0
     for job in Job.objects.stale(cutoff):
+        if _requeue_to_resume(job, cutoff):
+            reaped += 1
+            continue
         # Conditional: a heartbeat that lands now, or a job that just finished, wins over the reaper.
         if job.fail_if_stale(cutoff, REAPED_MESSAGE):
             files.remove_job_files(job.code)  # whatever the dead worker left, complete or not
@@ -161,3 +164,24 @@ def reap_stale_jobs() -> int:
             reaped += 1
             logger.warning("reaped job %s: no heartbeat since %s (worker %s)", job.code, job.heartbeat_at, job.worker)
     return reaped
+
+
+def _requeue_to_resume(job: Job, cutoff: Any) -> bool:
+    """Queues a dead worker's job again if it left a checkpoint to resume from (LoRA jobs; see
+    workers.jobs.lora), and sends its task. False if it cannot resume: the reaper fails it.
+    """
+    from workers.jobs.lora import requeue_note, resume_point  # it imports this module
+    from workers.tasks import task_for_kind
+
+    step = resume_point(job)
+    if step is None:
+        return False
+    stage, metrics = requeue_note(job, step)
+    if not job.requeue_if_stale(cutoff, stage, metrics):
+        return False
+    # On commit (the reaper runs outside a transaction: at once), like submit_job.
+    task_for_kind(job.kind).delay_on_commit(job.pk)
+    publish(job)
+    publish_queue(job.queue)
+    logger.warning("job %s lost its worker (%s); queued again to resume from step %s", job.code, job.worker, step)
+    return True

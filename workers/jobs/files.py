@@ -29,6 +29,13 @@ def upload_path(code: UUID) -> Path:
     return Path(settings.UPLOADS_DIR) / str(code) / UPLOAD_NAME
 
 
+def work_dir(code: UUID) -> Path:
+    """A running job's scratch folder (checkpoints): beside its upload, so whatever removes the
+    upload when the job ends (succeeded, failed, cancelled) removes the scratch too.
+    """
+    return upload_path(code).parent / "work"
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> int:
     """Calls write(temporary path), then renames the file to `path`. Returns its size.
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.jobs.lora import lora_context
+from workers.jobs.quantization import result_context
 from workers.jobs.tokenizer import comparison, merge_step
 from workers.models import Job
 
@@ -21,4 +23,8 @@ def job_panel_context(job: Job, *, step: Any = 0, text: str | None = None, compa
             "stepper": merge_step(job, step, text),
             "comparison": comparison(job, compare),
         }
-    return {"job": job, "position": job.queue_position(), "result": result}
+    elif job.kind == Job.Kind.QUANTIZATION and job.status == Job.Status.SUCCEEDED:
+        result = {"quantization": result_context(job)}
+    # A LoRA job's curve, numbers and events show while it runs too, not only once it is done.
+    lora = lora_context(job) if job.kind == Job.Kind.LORA else None
+    return {"job": job, "position": job.queue_position(), "result": result, "lora": lora}

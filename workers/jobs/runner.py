@@ -46,6 +46,9 @@ class JobRunner:
     kind: ClassVar[str]
     # Progress is written (and published) at most this often, plus on every change of stage.
     report_interval: ClassVar[float] = 0.25
+    # A job the reaper may queue again to resume (see workers.jobs.lora) keeps its upload and
+    # scratch folder when it finds the job no longer its own: the resumed run needs them.
+    keeps_files_when_lost: ClassVar[bool] = False
 
     def __init__(self, job: Job, time_limit: float | None = None) -> None:
         self.job = job
@@ -155,7 +158,8 @@ class JobRunner:
             job.fail(UNEXPECTED_MESSAGE)
         finally:
             # The upload was only needed while the job ran.
-            files.remove_upload(job.code)
+            if outcome != "lost" or not self.keeps_files_when_lost:
+                files.remove_upload(job.code)
         publish(job)
         logger.info("job %s %s", job.code, outcome)
         return outcome

@@ -8,7 +8,7 @@ from typing import Any
 from django import template
 from django.conf import settings
 
-from workers.forms import TokenizerJobForm, initial_corpus
+from workers.forms import LoraJobForm, TokenizerJobForm, initial_corpus
 from workers.jobs.panel import job_panel_context
 from workers.models import Job
 
@@ -59,3 +59,36 @@ def duration(value: timedelta | None) -> str:
         return f"{seconds:.0f}\u00a0s"
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes}\u00a0min {seconds:02d}\u00a0s"
+
+
+@register.filter
+def megabytes(value: Any) -> str:
+    """538060288 -> "538" (millions of bytes, as the lessons count them)."""
+    try:
+        return f"{int(value) / 1e6:,.0f}"
+    except (TypeError, ValueError):
+        return ""
+
+
+@register.simple_tag(takes_context=True)
+def lora_lab(context: template.Context, options: dict | None = None) -> dict[str, Any]:
+    """The LoRA lab's form (the view's, with its errors, when there is one), the job to show live
+    (the one just submitted, else the learner's active one) and their recent LoRA jobs.
+    """
+    from workers.jobs.lora_lab import blank_lora_form
+
+    form = context.get("lab_form")
+    if not isinstance(form, LoraJobForm):
+        form = blank_lora_form((options or {}).get("dataset"))
+    job = context.get("lab_job")
+    user = context.get("user")
+    recent: list[Job] = []
+    if user is not None and user.is_authenticated:
+        recent = list(Job.objects.for_owner(user).filter(kind=Job.Kind.LORA)[:5])
+        if job is None:
+            job = next((candidate for candidate in recent if candidate.is_active), None)
+    return {
+        "form": form,
+        "panel": job_panel_context(job) if job else None,
+        "recent": [candidate for candidate in recent if job is None or candidate.pk != job.pk],
+    }
