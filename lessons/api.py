@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -145,13 +146,39 @@ def _completion_params(body: dict[str, Any]) -> tuple[str, dict[str, Any], int, 
     return prompt, params, logprobs, bool(body.get("stream"))
 
 
+async def _model(token: ApiToken, body: dict[str, Any]) -> tuple[str, dict[str, str] | None]:
+    """(the model's name for replies, the adapter for the request) from the request's 'model'.
+
+    Absent or the course model's name: the base model. Otherwise it names one of the token
+    owner's LoRA adapters by its job's code ("<code>" or "<code>:best"), as their jobs page shows.
+    """
+    from workers.jobs.adapters import AdapterNotFound, adapter_for_user
+
+    name = body.get("model")
+    if name in (None, "", settings.MODEL_PATH.name):
+        return settings.MODEL_PATH.name, None
+    if not isinstance(name, str):
+        raise ApiError(400, "'model' must be a string.", param="model")
+    try:
+        choice = await database_sync_to_async(adapter_for_user)(token.user, name)
+    except AdapterNotFound:
+        message = (
+            f"The model '{name[:100]}' does not exist or is not yours. Use '{settings.MODEL_PATH.name}' or the "
+            "code of one of your finished fine-tuning jobs."
+        )
+        raise ApiError(404, message, param="model") from None
+    return choice.value, choice.message
+
+
 @api_view
 async def completions(request: HttpRequest) -> HttpResponse:
     token = await _authenticate(request)
-    prompt, params, logprobs, stream = _completion_params(_body(request))
+    body = _body(request)
+    prompt, params, logprobs, stream = _completion_params(body)
+    model, adapter = await _model(token, body)
     if not await live_servers(settings.REDIS_URL):
         raise ApiError(503, "The model server is not running right now. Try again in a minute.", "server_error")
-    run = _Run(f"user:{token.user_id}:api", prompt, params, logprobs)
+    run = _Run(f"user:{token.user_id}:api", prompt, params, logprobs, model, adapter)
     await run.start()
     if stream:
         response = StreamingHttpResponse(run.sse(), content_type="text/event-stream")
@@ -164,8 +191,11 @@ async def completions(request: HttpRequest) -> HttpResponse:
 class _Run:
     """One completion request: sent to the model servers, read back from a private channel."""
 
-    def __init__(self, owner: str, prompt: str, params: dict[str, Any], logprobs: int) -> None:
+    def __init__(
+        self, owner: str, prompt: str, params: dict[str, Any], logprobs: int, model: str, adapter: dict | None
+    ) -> None:
         self.owner, self.prompt, self.params, self.logprobs = owner, prompt, params, logprobs
+        self.model, self.adapter = model, adapter
         self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.layer = get_channel_layer()
@@ -174,8 +204,9 @@ class _Run:
     async def start(self) -> None:
         self.channel = await self.layer.new_channel("api.")
         message = request_message(
-            self.id, self.channel, self.owner, self.prompt, self.params, timeout=settings.MODEL_REQUEST_TIMEOUT
-        )
+            self.id, self.channel, self.owner, self.prompt, self.params,
+            timeout=settings.MODEL_REQUEST_TIMEOUT, adapter=self.adapter,
+        )  # fmt: skip
         await self.layer.send(REQUEST_CHANNEL, message)
         first = await self._next(ANSWER_TIMEOUT)
         if first is None:
@@ -212,7 +243,7 @@ class _Run:
 
     def _envelope(self, choices: list[dict], usage: dict | None = None) -> dict[str, Any]:
         body = {"id": self.id, "object": "text_completion", "created": self.created,
-                "model": settings.MODEL_PATH.name, "choices": choices}  # fmt: skip
+                "model": self.model, "choices": choices}  # fmt: skip
         if usage is not None:
             body["usage"] = usage
         return body

@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.template.loader import render_to_string
@@ -78,8 +79,29 @@ class ModelSessionConsumer(AsyncWebsocketConsumer):
         except BadRequest as exc:
             await self.error(str(exc), message)
 
-    async def submit(self, context: dict[str, Any], prompt: str, params: dict[str, Any], **options) -> str | None:
-        """Sends a request to the model servers; returns its id, or None after telling the learner why not."""
+    async def adapter(self, choice: Any) -> dict[str, str] | None:
+        """The model request's adapter for a learner's choice ("" or None: the base model).
+
+        Raises BadRequest unless the adapter is one of this learner's own finished jobs.
+        """
+        if not choice:
+            return None
+        from workers.jobs.adapters import AdapterNotFound, adapter_for_user
+
+        try:
+            found = await database_sync_to_async(adapter_for_user)(self.scope.get("user"), str(choice))
+        except AdapterNotFound as exc:
+            raise BadRequest(str(exc)) from None
+        return found.message
+
+    async def submit(
+        self, context: dict[str, Any], prompt: str, params: dict[str, Any], lane: str = "", **options
+    ) -> str | None:
+        """Sends a request to the model servers; returns its id, or None after telling the learner why not.
+
+        A learner has one generation at a time per `lane`: a new one replaces the old. The
+        side-by-side comparison runs two lanes at once (the base model and the adapter).
+        """
         if not self.model_up:
             self.model_up = bool(await live_servers(settings.REDIS_URL))
             if not self.model_up:
@@ -94,8 +116,9 @@ class ModelSessionConsumer(AsyncWebsocketConsumer):
         SamplingParams.from_dict(params)  # refuse bad parameters here, with the same messages
         request_id = uuid.uuid4().hex
         self.requests[request_id] = context
+        owner = f"{self.owner}#{lane}" if lane else self.owner
         message = request_message(
-            request_id, self.channel_name, self.owner, prompt, params,
+            request_id, self.channel_name, owner, prompt, params,
             timeout=settings.MODEL_REQUEST_TIMEOUT, **options,
         )  # fmt: skip
         await self.channel_layer.send(REQUEST_CHANNEL, message)
@@ -150,7 +173,10 @@ class ModelApiConsumer(ModelSessionConsumer):
             for k in ("temperature", "top_k", "top_p", "seed", "max_tokens", "stop", "candidates")
             if k in message
         }
-        options: dict[str, Any] = {"chat": bool(message.get("chat"))}
+        options: dict[str, Any] = {
+            "chat": bool(message.get("chat")),
+            "adapter": await self.adapter(message.get("adapter")),
+        }
         if kind == "score":
             continuation = message.get("continuation_ids")
             if not isinstance(continuation, list) or not continuation:

@@ -66,18 +66,21 @@ EXERCISES: dict[str, Exercise] = {
             "Fine-tune with LoRA",
             "Submit a LoRA fine-tuning job on the course model, watch the loss fall, and download your adapter.",
             ("dataset",),
+            template="exercises/_lora_lab.html",
         ),
         Exercise(
             "adapter-compare",
             "Your adapter against the base model",
             "Run the same prompt on the base model and on your fine-tuned adapter, side by side.",
             ("prompt",),
+            "exercises/_adapter_compare.html",
         ),
         Exercise(
             "quantization-lab",
             "Quantization lab",
             "Load the course model at 32, 8 and 4 bits and compare memory, speed and the next-token candidates.",
             ("prompt",),
+            "exercises/_quantization_lab.html",
         ),
         Exercise(
             "api-keys",

@@ -71,6 +71,8 @@ async def handle(consumer: ExerciseConsumer, message: dict[str, Any]) -> None:
         await _generate(consumer, widget, action, message)
     elif exercise == "inside-the-model":
         await _inside(consumer, widget, message)
+    elif exercise == "adapter-compare":
+        await _compare(consumer, widget, action, message)
     else:
         raise BadRequest("this exercise does not talk to the model")
 
@@ -101,6 +103,7 @@ async def _next_token(consumer: ExerciseConsumer, widget: str, action: str, mess
         "chosen": chosen,
         "generated": [],
         "streaming": streaming,
+        "adapter": await consumer.adapter(message.get("model")),
     }
     await consumer.send_html(
         "exercises/_nt_sentence.html", {"widget": widget, "prompt": prompt, "pieces": _pieces(chosen), "chosen": chosen}
@@ -110,13 +113,15 @@ async def _next_token(consumer: ExerciseConsumer, widget: str, action: str, mess
             raise BadRequest("add at least one token to the sentence before scoring it")
         context.update(step="score-mine")
         params = {"max_tokens": 0}
-        await consumer.submit(context, prompt, params, mode="score", continuation_ids=chosen)
+        await consumer.submit(
+            context, prompt, params, mode="score", continuation_ids=chosen, adapter=context["adapter"]
+        )
         return
     max_tokens = {"sample": 1, "go": KEEP_GOING_TOKENS}.get(action, 0)
     params = {**_sampler(message), "max_tokens": max_tokens, "candidates": CANDIDATES}
     if max_tokens:
         await consumer.send_html("exercises/_nt_busy.html", {"widget": widget, "streaming": action == "go"})
-    await consumer.submit(context, prompt, params, prompt_ids=chosen)
+    await consumer.submit(context, prompt, params, prompt_ids=chosen, adapter=context["adapter"])
 
 
 async def _finish_stream(consumer: ExerciseConsumer, context: dict[str, Any], reason: str) -> None:
@@ -132,6 +137,9 @@ async def _finish_stream(consumer: ExerciseConsumer, context: dict[str, Any], re
         await consumer.send_html(
             "exercises/_gen_done.html", {"widget": context["widget"], "reason": reason, "usage": {}}
         )
+    elif context.get("kind") == "compare":
+        done = {"widget": context["widget"], "side": context["side"], "reason": reason, "usage": {}}
+        await consumer.send_html("exercises/_cmp_done.html", done)
 
 
 # --- Generation playground ----------------------------------------------------------------------------
@@ -144,8 +152,98 @@ async def _generate(consumer: ExerciseConsumer, widget: str, action: str, messag
     params = {**_sampler(message), "max_tokens": message.get("max_tokens", "")}
     context = {"widget": widget, "kind": "generate", "count": 0, "streaming": True}
     chat = message.get("chat") in {"on", "true", "1", True}
-    if await consumer.submit(context, prompt, params, chat=chat):
+    adapter = await consumer.adapter(message.get("model"))
+    if await consumer.submit(context, prompt, params, chat=chat, adapter=adapter):
         await consumer.send_html("exercises/_gen_start.html", {"widget": widget, "prompt": prompt, "chat": chat})
+
+
+# --- Your adapter against the base model ------------------------------------------------------------------
+
+COMPARE_CANDIDATES = 20  # the most a request may ask for: "where they differ" looks among these
+COMPARE_SHOWN = 8
+SIDES = ("base", "adapter")
+
+
+async def _compare(consumer: ExerciseConsumer, widget: str, action: str, message: dict[str, Any]) -> None:
+    """The same prompt on the base model and on the learner's adapter, streamed side by side.
+
+    Four requests in four lanes of the learner (so none replaces another): each side's
+    generation, and each side's next-token distribution for the prompt (max_tokens 0 with
+    candidates: one forward pass). When both distributions are in, the tokens whose probability
+    moved most are listed.
+    """
+    if action != "compare":
+        raise BadRequest(f"unknown action {action!r}")
+    prompt = _prompt(message)
+    if not message.get("model"):
+        raise BadRequest("choose one of your adapters to compare with the base model")
+    adapter = await consumer.adapter(message.get("model"))
+    chat = message.get("chat") in {"on", "true", "1", True}
+    params = {**_sampler(message), "max_tokens": message.get("max_tokens", "")}
+    shared: dict[str, Any] = {"first": {}}
+    await consumer.send_html("exercises/_cmp_start.html", {"widget": widget, "prompt": prompt, "chat": chat})
+    for side in SIDES:
+        side_adapter = adapter if side == "adapter" else None
+        context = {"widget": widget, "kind": "compare", "side": side, "streaming": True, "shared": shared}
+        sent = await consumer.submit(context, prompt, params, lane=f"compare-{side}", chat=chat, adapter=side_adapter)
+        if not sent:
+            return
+        probe = {**context, "streaming": False, "probe": True}
+        first = {"max_tokens": 0, "candidates": COMPARE_CANDIDATES, "temperature": 1}
+        await consumer.submit(probe, prompt, first, lane=f"compare-{side}-first", chat=chat, adapter=side_adapter)
+
+
+async def _compare_event(consumer: ExerciseConsumer, kind: str, event: dict[str, Any], context: dict[str, Any]) -> None:
+    widget, side = context["widget"], context["side"]
+    if kind == "error":
+        await consumer.error(event["error"], context)
+    elif kind in {"queued", "started"} and not context.get("probe"):
+        position = event["position"] if kind == "queued" else 0
+        await consumer.send_html("exercises/_queued.html", {"widget": widget, "position": position})
+    elif context.get("probe"):
+        if kind == "candidates":
+            context["shared"]["first"][side] = event["raw"]
+            if len(context["shared"]["first"]) == len(SIDES):
+                await consumer.send_html("exercises/_cmp_first.html", _differences(widget, context["shared"]["first"]))
+    elif kind == "tokens":
+        await consumer.send_html(
+            "exercises/_cmp_tokens.html", {"widget": widget, "side": side, "tokens": event["tokens"]}
+        )
+    elif kind == "done":
+        await consumer.send_html(
+            "exercises/_cmp_done.html",
+            {"widget": widget, "side": side, "reason": event["reason"], "usage": event.get("usage", {})},
+        )
+
+
+def _differences(widget: str, first: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Both sides' top candidates, and the tokens whose probability moved most between them.
+
+    Each side reports its top 20; a token missing from one side's list had at most that list's
+    smallest probability there, so its change is shown as "at least" that much.
+    """
+    tables = {side: {c["id"]: c for c in first[side]} for side in SIDES}
+    floor = {side: min((c["p"] for c in first[side]), default=0.0) for side in SIDES}
+    moved = []
+    for token in set(tables["base"]) | set(tables["adapter"]):
+        known = {side: token in tables[side] for side in SIDES}
+        p = {side: tables[side][token]["p"] if known[side] else floor[side] for side in SIDES}
+        text = (tables["base"].get(token) or tables["adapter"][token])["text"]
+        change = p["adapter"] - p["base"]
+        moved.append({"id": token, "text": text, "base": p["base"], "adapter": p["adapter"], "change": change,
+                      "bound": not all(known.values()), "base_known": known["base"], "adapter_known": known["adapter"]})  # fmt: skip
+    moved.sort(key=lambda row: abs(row["change"]), reverse=True)
+    for row in moved:
+        row["points"] = f"{100 * row['change']:+.1f} points"
+    return {
+        "widget": widget,
+        "columns": [
+            {"title": "Base model", "candidates": first["base"][:COMPARE_SHOWN]},
+            {"title": "Your adapter", "candidates": first["adapter"][:COMPARE_SHOWN]},
+        ],
+        "moved": moved[:COMPARE_SHOWN],
+        "same_top": bool(first["base"] and first["adapter"]) and first["base"][0]["id"] == first["adapter"][0]["id"],
+    }
 
 
 # --- Inside the model ------------------------------------------------------------------------------------
@@ -212,6 +310,8 @@ async def on_event(consumer: ExerciseConsumer, kind: str, event: dict[str, Any],
     widget = context["widget"]
     if context["kind"] == "inside-the-model":
         await _inside_event(consumer, kind, event, context)
+    elif context["kind"] == "compare":
+        await _compare_event(consumer, kind, event, context)
     elif kind == "error":
         await consumer.error(event["error"], context)
     elif kind == "queued":
@@ -245,7 +345,7 @@ async def _next_token_event(
         # Then the greedy path of the same length, to compare with.
         follow_up = {**context, "step": "greedy", "mine": event, "generated": []}
         params = {"temperature": 0, "max_tokens": len(context["chosen"])}
-        await consumer.submit(follow_up, context["prompt"], params)
+        await consumer.submit(follow_up, context["prompt"], params, adapter=context.get("adapter"))
     elif kind == "scored" and context["step"] == "score-greedy":
         await consumer.send_html(
             "exercises/_nt_score.html",
@@ -258,7 +358,12 @@ async def _next_token_event(
             return
         follow_up = {**context, "step": "score-greedy"}
         await consumer.submit(
-            follow_up, context["prompt"], {"max_tokens": 0}, mode="score", continuation_ids=greedy_ids
+            follow_up,
+            context["prompt"],
+            {"max_tokens": 0},
+            mode="score",
+            continuation_ids=greedy_ids,
+            adapter=context.get("adapter"),
         )
     elif kind == "done" and context.get("step") not in {"score-mine", "score-greedy"}:
         if context["generated"]:

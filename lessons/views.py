@@ -19,8 +19,12 @@ from django_htmx.http import HttpResponseClientRedirect
 from lessons.exercises import EXERCISES
 from lessons.models import ApiToken, Choice, Lesson, LessonProgress, Module, Question, QuizAnswer
 from lessons.tokenize_view import tokenizer_choices
+from workers.jobs.adapters import adapters_for
 
 MAX_API_TOKENS = 5
+
+# Live exercises that offer the learner's own LoRA adapters beside the base model.
+MODEL_CHOICE = {"next-token", "generate", "adapter-compare"}
 
 
 def get_lesson(slug: str) -> Lesson:
@@ -128,6 +132,7 @@ def lesson_page(request: HttpRequest, slug: str) -> HttpResponse:
             "progress": progress,
             "siblings": [(sibling, sibling.pk in done_ids) for sibling in siblings],
             "tokenizer_choices": tokenizer_choices(request) if "tokenize" in lesson.exercise_names() else [],
+            "adapter_choices": adapters_for(request.user) if MODEL_CHOICE & set(lesson.exercise_names()) else [],
             "api_tokens": request.user.api_tokens.usable() if request.user.is_authenticated else [],
             "api_url": request.build_absolute_uri("/v1/completions"),
             "previous": Lesson.objects.active().filter(order__lt=lesson.order).order_by("-order").first(),

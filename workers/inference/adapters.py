@@ -14,6 +14,13 @@ out the same way here, once, when it is loaded:
 
 So each fused layer costs two thin matrix products per adapter, whatever it targets.
 
+When a step mixes rows of several adapters (and rows with none), their matrices are stacked:
+A side by side, B one above the other. One product `x A_stack` gives every row the inputs of
+every adapter's update; a mask keeps each row's own adapter's columns (none for a base row),
+and one product with B_stack adds the updates. Two products per layer however many adapters
+share the step, instead of a gather, two products and a scatter per adapter. The stacks are
+built once per set of adapters and kept while the batch keeps that set.
+
 What is read: a folder or a zip with `adapter_config.json` and `adapter_model.safetensors` at
 its root, as `PeftModel.save_pretrained` writes them (and as the LoRA jobs' adapter.zip holds).
 Anything this runner cannot apply exactly (DoRA, extra trained modules, other layers) is refused
@@ -217,3 +224,79 @@ class AdapterCache:
                 break
             if old != key and old not in in_use:
                 del self._adapters[old]
+
+
+@dataclass
+class _Stacked:
+    a: torch.Tensor  # [in, sum of ranks]
+    b: torch.Tensor  # [sum of ranks, out]
+    columns: torch.Tensor  # [sum of ranks]: which adapter each column belongs to
+
+
+class AdapterStack:
+    """The fused layers of several adapters stacked for one product each (see the top)."""
+
+    def __init__(self, adapters: tuple[LoraAdapter, ...], dtype, device) -> None:
+        self.adapters = adapters  # held, so that the ids in StackCache's keys stay theirs
+        self.single = len(adapters) == 1
+        self.layers: dict[tuple[int, str], _Stacked] = {}
+        # Layers with the same column layout (usually all of them) share one `columns` tensor,
+        # so a step builds one mask per layout, not one per layer.
+        layouts: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}
+        keys = {key for adapter in adapters for key in adapter.weights}
+        for key in keys:
+            parts = [(i, adapter.weights[key]) for i, adapter in enumerate(adapters) if key in adapter.weights]
+            layout = tuple((i, a.shape[1]) for i, (a, _) in parts)
+            if layout not in layouts:
+                owners = [torch.full((rank,), i, dtype=torch.long) for i, rank in layout]
+                layouts[layout] = torch.cat(owners).to(device)
+            self.layers[key] = _Stacked(
+                torch.cat([a for _, (a, _) in parts], dim=1).to(device=device, dtype=dtype),
+                torch.cat([b for _, (_, b) in parts], dim=0).to(device=device, dtype=dtype),
+                layouts[layout],
+            )
+
+
+class StackCache:
+    """The stacks of the last few sets of adapters that shared a step."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._stacks: OrderedDict[tuple[int, ...], AdapterStack] = OrderedDict()
+
+    def get(self, adapters: tuple[LoraAdapter, ...], dtype, device) -> AdapterStack:
+        key = tuple(id(adapter) for adapter in adapters)
+        stack = self._stacks.get(key)
+        if stack is None:
+            stack = self._stacks[key] = AdapterStack(adapters, dtype, device)
+            while len(self._stacks) > self.capacity:
+                self._stacks.popitem(last=False)
+        self._stacks.move_to_end(key)
+        return stack
+
+
+class AdapterPlan:
+    """One step's adapters: the stack, and which adapter each token row uses (-1: none)."""
+
+    def __init__(self, stack: AdapterStack, owners: torch.Tensor) -> None:
+        self.stack = stack
+        self.owners = owners
+        # Every row on one adapter: no mask at all, the plain LoRA update.
+        self.everyone = stack.single and bool((owners == 0).all())
+        self._masks: dict[int, torch.Tensor] = {}
+
+    def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, fused: str) -> None:
+        """Adds each row's adapter update (x A) B to y, in place."""
+        stacked = self.stack.layers.get((layer, fused))
+        if stacked is None:
+            return
+        inner = x @ stacked.a
+        if not self.everyone:
+            inner = inner * self._mask(stacked.columns, inner.dtype)
+        y.add_(inner @ stacked.b)
+
+    def _mask(self, columns: torch.Tensor, dtype) -> torch.Tensor:
+        mask = self._masks.get(id(columns))  # the stack holds `columns`, so its id stays its own
+        if mask is None:
+            mask = self._masks[id(columns)] = (self.owners[:, None] == columns[None, :]).to(dtype)
+        return mask

@@ -10,6 +10,9 @@ No torch here: the web side imports this module.
   and usage), `error`.
 - Cancels go to every server through the SERVERS_GROUP group: whichever has the request drops it.
 - Each server keeps a presence key in Redis alive, so pages can tell whether a model is up.
+- A request may name a LoRA adapter: {"key": a name unique to that adapter file, "path": the
+  file}. The web side decides who may use which adapter (only its owner) before it sends one;
+  a server loads it on first use and keeps the most recently used ones.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def request_message(
     timeout: float = 120.0,
     layer: int | None = None,
     head: int | None = None,
+    adapter: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     return {
         "type": "model.request",
@@ -58,6 +62,7 @@ def request_message(
         "timeout": timeout,
         "layer": layer,
         "head": head,
+        "adapter": adapter,
     }
 
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from workers.inference.adapters import AdapterPlan, StackCache
+
 if TYPE_CHECKING:
     from workers.inference.adapters import LoraAdapter
 
@@ -77,6 +79,7 @@ class LlamaRunner:
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self._grow(min(256, max_context))
+        self._stacks = StackCache()
 
     def _rope(self, length: int) -> None:
         inv_freq = self.model.model.rotary_emb.inv_freq.to(torch.float32)
@@ -113,33 +116,22 @@ class LlamaRunner:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _adapter_groups(
-        self, segments: list[Segment], offsets: list[int]
-    ) -> list[tuple[LoraAdapter, torch.Tensor | None]]:
-        """Each adapter in this step with the token rows it applies to (None: every row)."""
-        rows: dict[int, tuple[LoraAdapter, list[int]]] = {}
-        for segment, offset in zip(segments, offsets, strict=True):
+    def _adapter_plan(self, segments: list[Segment]) -> AdapterPlan | None:
+        """How this step applies adapters: None when no row uses one."""
+        adapters: list[LoraAdapter] = []
+        number: dict[int, int] = {}  # id(adapter) -> its index in `adapters`
+        owners: list[int] = []  # per token: the index of its row's adapter, or -1
+        for segment in segments:
+            index = -1
             if segment.adapter is not None:
-                entry = rows.setdefault(id(segment.adapter), (segment.adapter, []))
-                entry[1].extend(range(offset, offset + len(segment.tokens)))
-        total = offsets[-1] + len(segments[-1].tokens)
-        return [
-            (adapter, None if len(indices) == total else torch.tensor(indices, device=self.device))
-            for adapter, indices in rows.values()
-        ]
-
-    @staticmethod
-    def _adapt(y: torch.Tensor, x: torch.Tensor, layer: int, fused: str, adapted) -> None:
-        """Adds each adapter's low-rank update (x A) B to its own rows of y, in place."""
-        for adapter, rows in adapted:
-            pair = adapter.weights.get((layer, fused))
-            if pair is None:
-                continue
-            a, b = pair
-            if rows is None:
-                y.add_((x @ a) @ b)
-            else:
-                y.index_add_(0, rows, (x[rows] @ a) @ b)
+                index = number.setdefault(id(segment.adapter), len(adapters))
+                if index == len(adapters):
+                    adapters.append(segment.adapter)
+            owners += [index] * len(segment.tokens)
+        if not adapters:
+            return None
+        stack = self._stacks.get(tuple(adapters), self.dtype, self.device)
+        return AdapterPlan(stack, torch.tensor(owners, device=self.device))
 
     @torch.inference_mode()
     def forward(self, segments: list[Segment]) -> list[torch.Tensor]:
@@ -175,13 +167,14 @@ class LlamaRunner:
             limit[single_slots] = torch.tensor([segments[i].start for i in singles], device=self.device)
             single_mask = (key_pos[None, :] <= limit[:, None])[:, None, None, :]
 
-        adapted = self._adapter_groups(segments, offsets)
+        adapted = self._adapter_plan(segments)
 
         x = self.model.model.embed_tokens(ids)
         for index, layer in enumerate(self.layers):
             h = self._rms_norm(x, layer.input_layernorm.weight)
             qkv = h @ self.qkv[index]
-            self._adapt(qkv, h, index, "qkv", adapted)
+            if adapted:
+                adapted.apply(qkv, h, index, "qkv")
             q = qkv[:, : self.q_size].view(-1, self.n_heads, self.head_dim)
             k = qkv[:, self.q_size : self.q_size + self.kv_size].view(-1, self.n_kv, self.head_dim)
             v = qkv[:, self.q_size + self.kv_size :].view(-1, self.n_kv, self.head_dim)
@@ -219,15 +212,18 @@ class LlamaRunner:
                 out[rows] = attended[0].transpose(0, 1)
             attended = out.reshape(-1, self.q_size)
             projected = attended @ self.o[index]
-            self._adapt(projected, attended, index, "o", adapted)
+            if adapted:
+                adapted.apply(projected, attended, index, "o")
             x = x + projected
             h = self._rms_norm(x, layer.post_attention_layernorm.weight)
             gate_up = h @ self.gate_up[index]
-            self._adapt(gate_up, h, index, "gate_up", adapted)
+            if adapted:
+                adapted.apply(gate_up, h, index, "gate_up")
             gate, up = gate_up.chunk(2, dim=-1)
             mixed = F.silu(gate) * up
             down = mixed @ self.down[index]
-            self._adapt(down, mixed, index, "down", adapted)
+            if adapted:
+                adapted.apply(down, mixed, index, "down")
             x = x + down
 
         wanted = []

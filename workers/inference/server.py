@@ -6,6 +6,9 @@ event loop keeps receiving requests and cancels while the model computes.
 
 "inspect" requests (a short prompt's attention and logit lens) do not generate, so they skip
 the engine: each is one plain forward pass of the model, run between two engine steps.
+
+A request that names a LoRA adapter gets it loaded (in a thread, between two steps) the first
+time; the adapters stay in an LRU cache, and rows using different adapters share each step.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from workers.inference.adapters import AdapterCache, AdapterError, load_adapter
 from workers.inference.engine import Engine, Event, Request
 from workers.inference.inspect import inspect_prompt
 from workers.inference.protocol import MODES, REQUEST_CHANNEL, SERVERS_GROUP, announce, redis_client
@@ -62,8 +67,13 @@ class _Inspection:
 
 
 class ModelServer:
-    def __init__(self, engine: Engine, layer, redis_url: str, chat_template=None, model_name: str = "") -> None:
+    def __init__(
+        self, engine: Engine, layer, redis_url: str, chat_template=None, model_name: str = "", max_adapters: int = 32
+    ) -> None:
         self.engine = engine
+        self.adapters = AdapterCache(max_adapters)
+        # Requests whose adapter could not be loaded: request id -> the reason, for the learner.
+        self.adapter_errors: dict[str, str] = {}
         self.layer = layer
         self.redis_url = redis_url
         self.chat_template = chat_template  # callable(prompt) -> text, or None
@@ -161,6 +171,7 @@ class ModelServer:
 
     async def _work(self) -> None:
         while not self.stopping:
+            await self._load_adapters()
             events = self._take_inbox()
             await self._dispatch(events)
             if self.inspections:
@@ -176,6 +187,33 @@ class ModelServer:
                 if not self.inbox:
                     await self.wakeup.wait()
 
+    async def _load_adapters(self) -> None:
+        """Loads the adapters that the requests in the inbox name and the cache lacks."""
+        wanted = {}
+        for message in self.inbox:
+            adapter = message.get("adapter") if message.get("type") == "model.request" else None
+            if isinstance(adapter, dict) and self.adapters.get(str(adapter.get("key"))) is None:
+                wanted.setdefault(str(adapter.get("key")), (str(adapter.get("path", "")), []))
+                wanted[str(adapter.get("key"))][1].append(str(message.get("request_id", "")))
+        for key, (path, request_ids) in wanted.items():
+            try:
+                adapter = await asyncio.to_thread(load_adapter, key, Path(path), self.engine.runner)
+            except AdapterError as exc:
+                reason = f"Your adapter could not be loaded: {exc}."
+            except Exception:
+                log.exception("adapter %s at %s failed to load", key, path)
+                reason = "Your adapter could not be loaded: the model server logged the problem."
+            else:
+                self.adapters.put(key, adapter, self._adapters_in_use())
+                log.info("loaded adapter %s (%s parameters)", key, f"{adapter.parameters:,}")
+                continue
+            for request_id in request_ids:
+                self.adapter_errors[request_id] = reason
+
+    def _adapters_in_use(self) -> set[str]:
+        requests = [row.request for row in self.engine.rows] + list(self.engine.queue)
+        return {request.adapter.name for request in requests if request.adapter is not None}
+
     def _take_inbox(self) -> list[Event]:
         events: list[Event] = []
         now = time.monotonic()
@@ -190,9 +228,19 @@ class ModelServer:
                     self.early_cancels[request_id] = now + 120
                 continue
             if request_id in self.early_cancels:
+                self.adapter_errors.pop(request_id, None)
+                continue
+            if self._adapter_pending(message, request_id):
+                self.inbox.append(message)  # it came in while adapters were loading: next round
                 continue
             events += self._admit(message, request_id)
         return events
+
+    def _adapter_pending(self, message: dict[str, Any], request_id: str) -> bool:
+        adapter = message.get("adapter")
+        if not isinstance(adapter, dict) or request_id in self.adapter_errors:
+            return False
+        return self.adapters.get(str(adapter.get("key"))) is None
 
     def _admit(self, message: dict[str, Any], request_id: str) -> list[Event]:
         reply_channel = message.get("reply_channel")
@@ -237,7 +285,15 @@ class ModelServer:
             prompt_ids = self.engine.tokenizer.encode(prompt, add_special_tokens=False).ids + prompt_ids
         timeout = float(message.get("timeout") or 120)
         deadline = time.monotonic() + timeout if math.isfinite(timeout) and timeout > 0 else math.inf
-        return Request(request_id, prompt_ids, params, owner, deadline, mode, continuation_ids)
+        request = Request(request_id, prompt_ids, params, owner, deadline, mode, continuation_ids)
+        if message.get("adapter"):
+            if mode == "inspect":
+                raise BadRequest("looking inside the model works on the base model only")
+            key = str(message["adapter"].get("key")) if isinstance(message["adapter"], dict) else ""
+            request.adapter = self.adapters.get(key)
+            if request.adapter is None:
+                raise BadRequest(self.adapter_errors.pop(request_id, "Your adapter could not be loaded."))
+        return request
 
     # --- inspecting ----------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Command(BaseCommand):
             settings.REDIS_URL,
             chat_template=_chat_template(settings.MODEL_PATH),
             model_name=settings.MODEL_PATH.name,
+            max_adapters=settings.MODEL_MAX_ADAPTERS,
         )
         self.stdout.write(f"Serving {settings.MODEL_PATH.name} on {engine.runner.device} (up to {engine.max_rows} rows)")
 
