@@ -70,3 +70,29 @@ def test_pick_draws_in_proportion_to_the_probabilities():
     assert torch.allclose(counts / 4000, probs, atol=0.03)
     first, second = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert [pick(probs, first) for _ in range(50)] == [pick(probs, second) for _ in range(50)]
+
+
+def test_zero_probability_tokens_are_never_drawn_wherever_they_are():
+    from workers.inference.sampling import pick
+
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.0, 0.5, 0.0])
+    generator = torch.Generator().manual_seed(1)
+    drawn = {pick(probs, generator) for _ in range(2000)}
+    assert drawn == {1, 4}
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0, 8.0])  # from nearly flat (thousands kept) to peaked
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.99])
+def test_top_p_keeps_the_same_tokens_as_sorting_the_whole_vocabulary(spread, top_p):
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(49152, generator=generator) * spread
+    probs = torch.softmax(logits, -1)
+    sorted_probs, order = torch.sort(probs, descending=True)
+    before = torch.cumsum(sorted_probs, -1) - sorted_probs
+    kept = order[before < top_p]
+    expected = torch.zeros_like(probs)
+    expected[kept] = probs[kept] / probs[kept].sum()
+
+    got = adjusted_probs(logits, SamplingParams(top_p=top_p))
+    assert torch.equal(got > 0, expected > 0)
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -102,9 +102,14 @@ def adjusted_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
     if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest set whose mass reaches top_p: a token stays if the mass before it
-        # is still below top_p (so the first token always stays).
+        # is still below top_p (so the first token always stays). Sorting the whole vocabulary
+        # takes milliseconds; the kept set nearly always lies within the top 256, so those are
+        # taken first and the full sort is the fallback.
+        shortlist = min(256, probs.numel())
+        sorted_probs, order = torch.topk(probs, shortlist)
+        if shortlist < probs.numel() and float(sorted_probs.sum()) < params.top_p:
+            sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(before >= params.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
@@ -113,16 +118,19 @@ def adjusted_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
 
 
 def pick(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One token drawn with probability `probs`.
+    """One token drawn with probability `probs`, from one uniform random number.
 
-    The exponential race: token i wins with probability p_i when each draws an Exp(1) time
-    and the smallest time / p_i wins. A few vectorized operations, where torch.multinomial
-    over a 49,152-way vocabulary takes milliseconds a call on a CPU.
+    Inverse transform sampling: lay the probabilities end to end on [0, total) (a running sum)
+    and find where a uniform point falls. A token with probability 0 covers no length, so it is
+    never drawn. One random number per token instead of one per vocabulary entry: drawing
+    49,152 random numbers costs about a millisecond a row on a CPU, this a tenth of that.
     """
     import torch
 
-    race = torch.empty_like(probs).exponential_(generator=generator)
-    return int(torch.argmax(probs / race))
+    ends = torch.cumsum(probs, dim=-1)
+    point = torch.rand(1, generator=generator, dtype=ends.dtype) * ends[-1]
+    index = int(torch.searchsorted(ends, point, right=True))
+    return min(index, probs.numel() - 1)
 
 
 def top(probs: torch.Tensor, k: int) -> list[tuple[int, float]]:
