@@ -170,22 +170,40 @@ class ModelServer:
     # --- working ------------------------------------------------------------------------------------
 
     async def _work(self) -> None:
-        while not self.stopping:
-            await self._load_adapters()
-            events = self._take_inbox()
-            await self._dispatch(events)
-            if self.inspections:
-                # One inspection per round, between two engine steps: both use the model but never
-                # at once, and running generations wait for at most one short forward pass.
-                await self._dispatch(await self._inspect(self.inspections.popleft()))
-            if self.engine.has_work():
-                events = await asyncio.to_thread(self.engine.step)
-                await self._dispatch(events)
-            elif not self.inspections:
-                await self._flush_all()
-                self.wakeup.clear()
-                if not self.inbox:
-                    await self.wakeup.wait()
+        # A step's replies go out while the next step computes: sending them is Redis round
+        # trips, which would otherwise add to every step. `replying` is that previous step's
+        # sending; it is awaited before anything else is sent, so replies keep their order.
+        replying: asyncio.Task | None = None
+        try:
+            while not self.stopping:
+                await self._load_adapters()
+                events = self._take_inbox()
+                if self.inspections:
+                    # One inspection per round, between two engine steps: both use the model but
+                    # never at once, and running generations wait for at most one short forward.
+                    replying = await self._replied(replying, events)
+                    events = await self._inspect(self.inspections.popleft())
+                if self.engine.has_work():
+                    stepping = asyncio.create_task(asyncio.to_thread(self.engine.step))
+                    replying = await self._replied(replying, events)
+                    replying = asyncio.create_task(self._dispatch(await stepping))
+                elif not self.inspections:
+                    replying = await self._replied(replying, events)
+                    await self._flush_all()
+                    self.wakeup.clear()
+                    if not self.inbox:
+                        await self.wakeup.wait()
+                else:
+                    replying = await self._replied(replying, events)
+        finally:
+            if replying is not None:
+                replying.cancel()
+
+    async def _replied(self, replying: asyncio.Task | None, events: list[Event]) -> None:
+        """Waits for the previous step's replies to be sent, then sends `events`."""
+        if replying is not None:
+            await replying
+        await self._dispatch(events)
 
     async def _load_adapters(self) -> None:
         """Loads the adapters that the requests in the inbox name and the cache lacks."""
