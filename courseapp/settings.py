@@ -246,6 +246,12 @@ _DEFAULT_MODEL_PATH = DATA_DIR / "models" / "smollm2-135m-instruct"
 MODEL_PATH = Path(os.environ.get("MODEL_PATH") or _DEFAULT_MODEL_PATH)
 MODEL_PATH_IS_DEFAULT = MODEL_PATH == _DEFAULT_MODEL_PATH
 MODEL_DEVICE = os.environ.get("MODEL_DEVICE", "")  # empty: CUDA when present, else CPU
+# The precision the model server computes in: float32, bfloat16 or float16; "auto" picks
+# bfloat16 on a GPU and on a CPU with native bfloat16 instructions (AVX-512 BF16 or AMX),
+# float32 on any other CPU (workers/inference/loading.py).
+MODEL_DTYPE = os.environ.get("MODEL_DTYPE", "auto").strip().lower() or "auto"
+if MODEL_DTYPE not in {"auto", "float32", "bfloat16", "float16"}:
+    raise ImproperlyConfigured(f"MODEL_DTYPE={MODEL_DTYPE!r}: use auto, float32, bfloat16 or float16")
 # CPU threads of the model server; 0 means one less than the cores (at least one), leaving a
 # core to the web server and the worker: torch's threads stall badly when one lacks a core.
 MODEL_THREADS = envint("MODEL_THREADS", 0, minimum=0)

@@ -68,6 +68,12 @@ def test_a_typo_in_debug_fails_at_boot():
     assert "DEBUG='ture'" in result.stderr
 
 
+def test_an_unknown_model_precision_fails_at_boot():
+    result = manage("check", DEBUG="true", MODEL_DTYPE="float8")
+    assert result.returncode != 0
+    assert "MODEL_DTYPE='float8': use auto, float32, bfloat16 or float16" in result.stderr
+
+
 def test_production_responses_carry_the_security_headers():
     script = (
         "import django; django.setup();"

@@ -53,3 +53,40 @@ def test_a_row_longer_than_the_context_is_refused(tiny):
     runner = LlamaRunner(tiny[0], max_slots=1, max_context=64)
     with pytest.raises(ValueError, match="longer than the context"):
         runner.forward([Segment(0, 0, list(range(65)))])
+
+
+def test_in_bfloat16_the_runner_matches_the_reference_model_in_bfloat16(tokenizer):
+    """MODEL_DTYPE=bfloat16 (the default on CPUs with native bfloat16): the runner's products,
+    norms and cache are those of Hugging Face's own bfloat16 forward pass, and batched rows
+    get the logits they get alone."""
+    from django.conf import settings
+
+    from workers.inference.loading import load_model
+
+    model, _ = load_model(settings.MODEL_PATH, "cpu", "bfloat16")
+    assert model.dtype == torch.bfloat16
+    runner = LlamaRunner(model, max_slots=2, max_context=128)
+    a = ids(tokenizer, "The capital of France is")
+    b = ids(tokenizer, "Once upon a time, in a small village,")
+    with torch.no_grad():
+        ref_a = model(torch.tensor([a])).logits[0, -1].float()
+    alone = runner.forward([Segment(0, 0, a)])[0][-1]
+    together = runner.forward([Segment(0, 0, a), Segment(1, 0, b)])[0][-1]
+    assert alone.dtype == torch.float32
+    # bfloat16 keeps 8 bits of mantissa: logits of size ~20 agree to a few tenths.
+    assert (alone - ref_a).abs().max() < 0.5
+    assert int(alone.argmax()) == int(ref_a.argmax()) == ids(tokenizer, " Paris")[0]
+    assert (together - alone).abs().max() < 0.5
+    probs_alone, probs_ref = torch.softmax(alone, -1), torch.softmax(ref_a, -1)
+    assert float((probs_alone - probs_ref).abs().sum()) < 0.1
+
+
+def test_auto_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
+    from workers.inference import loading
+
+    assert loading.serving_dtype("cpu", "float32") == torch.float32
+    assert loading.serving_dtype("cuda", "auto") == torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_has_native_bfloat16", lambda: False)
+    assert loading.serving_dtype("cpu", "auto") == torch.float32
+    monkeypatch.setattr(loading, "cpu_has_native_bfloat16", lambda: True)
+    assert loading.serving_dtype("cpu", "auto") == torch.bfloat16

@@ -56,21 +56,25 @@ class LlamaRunner:
         self.max_context = max_context
         weight = model.model.embed_tokens.weight
         self.dtype, self.device = weight.dtype, weight.device
-        # Weights laid out [in, out] so that `x @ w` runs; on CPUs MKL is markedly faster that way
-        # round than F.linear's [out, in] for one-row products (bench/README.md has the numbers).
-        # Fewer, larger products too: q, k and v as one matrix, gate and up as another.
+        # Fewer, larger products: q, k and v as one matrix, gate and up as another. Each product
+        # takes the layout its kernel streams fastest (bench/README.md): float32 weights laid
+        # out [in, out] for `x @ w` (MKL's one-row products are markedly faster that way round),
+        # bfloat16 and float16 ones [out, in] as F.linear wants them (oneDNN's are).
+        self.transposed = self.dtype == torch.float32
+
+        def laid_out(weight: torch.Tensor) -> torch.Tensor:
+            return weight.t().contiguous() if self.transposed else weight.contiguous()
+
         self.qkv = [
-            torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight])
-            .t()
-            .contiguous()
-            for layer in self.layers
+            laid_out(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+            for a in (layer.self_attn for layer in self.layers)
         ]
-        self.o = [layer.self_attn.o_proj.weight.t().contiguous() for layer in self.layers]
+        self.o = [laid_out(layer.self_attn.o_proj.weight) for layer in self.layers]
         self.gate_up = [
-            torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).t().contiguous() for layer in self.layers
+            laid_out(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])) for layer in self.layers
         ]
-        self.down = [layer.mlp.down_proj.weight.t().contiguous() for layer in self.layers]
-        self.lm_head = model.lm_head.weight.t().contiguous()
+        self.down = [laid_out(layer.mlp.down_proj.weight) for layer in self.layers]
+        self.lm_head = laid_out(model.lm_head.weight)
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv * self.head_dim
         self.eps = config.rms_norm_eps
@@ -107,7 +111,13 @@ class LlamaRunner:
         for cache in (*self.k, *self.v):
             cache[target, :, :length] = cache[source, :, :length]
 
+    def _product(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x @ weight if self.transposed else F.linear(x, weight)
+
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:  # as Hugging Face's Llama: the statistics in float32
+            wide = x.float()
+            return weight * (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         variance = x.pow(2).mean(-1, keepdim=True)
         return weight * (x * torch.rsqrt(variance + self.eps))
 
@@ -172,7 +182,7 @@ class LlamaRunner:
         x = self.model.model.embed_tokens(ids)
         for index, layer in enumerate(self.layers):
             h = self._rms_norm(x, layer.input_layernorm.weight)
-            qkv = h @ self.qkv[index]
+            qkv = self._product(h, self.qkv[index])
             if adapted:
                 adapted.apply(qkv, h, index, "qkv")
             q = qkv[:, : self.q_size].view(-1, self.n_heads, self.head_dim)
@@ -211,17 +221,17 @@ class LlamaRunner:
                 )
                 out[rows] = attended[0].transpose(0, 1)
             attended = out.reshape(-1, self.q_size)
-            projected = attended @ self.o[index]
+            projected = self._product(attended, self.o[index])
             if adapted:
                 adapted.apply(projected, attended, index, "o")
             x = x + projected
             h = self._rms_norm(x, layer.post_attention_layernorm.weight)
-            gate_up = h @ self.gate_up[index]
+            gate_up = self._product(h, self.gate_up[index])
             if adapted:
                 adapted.apply(gate_up, h, index, "gate_up")
             gate, up = gate_up.chunk(2, dim=-1)
             mixed = F.silu(gate) * up
-            down = mixed @ self.down[index]
+            down = self._product(mixed, self.down[index])
             if adapted:
                 adapted.apply(down, mixed, index, "down")
             x = x + down
@@ -231,7 +241,7 @@ class LlamaRunner:
             first = offsets[i] if s.all_logits else offsets[i] + len(s.tokens) - 1
             wanted.append((first, offsets[i] + len(s.tokens)))
         picked = torch.cat([x[a:b] for a, b in wanted])
-        logits = (self._rms_norm(picked, self.model.model.norm.weight) @ self.lm_head).float()
+        logits = self._product(self._rms_norm(picked, self.model.model.norm.weight), self.lm_head).float()
         results, at = [], 0
         for a, b in wanted:
             results.append(logits[at : at + b - a])

@@ -33,7 +33,7 @@ class Command(BaseCommand):
         torch.set_num_threads(settings.MODEL_THREADS or max(1, (os.cpu_count() or 2) - 1))
         if not is_prepared(settings.MODEL_PATH):
             raise CommandError(f"no model in {settings.MODEL_PATH}: run `python manage.py prepare_model` first")
-        model, tokenizer = load_model(settings.MODEL_PATH, device)
+        model, tokenizer = load_model(settings.MODEL_PATH, device, settings.MODEL_DTYPE)
         engine = Engine(
             model,
             tokenizer,
@@ -50,7 +50,10 @@ class Command(BaseCommand):
             model_name=settings.MODEL_PATH.name,
             max_adapters=settings.MODEL_MAX_ADAPTERS,
         )
-        self.stdout.write(f"Serving {settings.MODEL_PATH.name} on {engine.runner.device} (up to {engine.max_rows} rows)")
+        dtype = str(engine.runner.dtype).removeprefix("torch.")
+        self.stdout.write(
+            f"Serving {settings.MODEL_PATH.name} on {engine.runner.device} in {dtype} (up to {engine.max_rows} rows)"
+        )
 
         async def main() -> None:
             task = asyncio.create_task(server.run())
