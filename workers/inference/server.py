@@ -28,7 +28,7 @@ from typing import Any
 from workers.inference.adapters import AdapterCache, AdapterError, load_adapter
 from workers.inference.engine import Engine, Event, Request
 from workers.inference.inspect import inspect_prompt
-from workers.inference.protocol import MODES, REQUEST_CHANNEL, SERVERS_GROUP, announce, redis_client
+from workers.inference.protocol import MODES, REQUEST_CHANNEL, SERVERS_GROUP, announce, live_servers, redis_client
 from workers.inference.sampling import BadRequest, SamplingParams
 
 log = logging.getLogger("workers.model_server")
@@ -39,9 +39,10 @@ FRAME_INTERVAL = 0.04
 MAX_PROMPT_CHARS = 20_000
 # How long a server's claim on a request id lasts: far longer than a second delivery can take.
 CLAIM_SECONDS = 600
-# A server with every row busy waits this long before it takes another request from the shared
-# channel: Redis hands a message to the reader that has waited longest, so an idle server (already
-# waiting) gets it first. With no idle server the busy one queues it after this short pause.
+# A server with every row busy, while another server has a free one, waits this long before it
+# takes another request from the shared channel: Redis hands a message to the reader that has
+# waited longest, so the idle server (already waiting) gets it first. With no idle server the
+# busy one takes it at once and queues it.
 BUSY_PATIENCE_SECONDS = 0.2
 # Inspections waiting for their turn: each takes a fraction of a second, so this many is a few
 # seconds of waiting; past it the learner is told the model is busy.
@@ -117,7 +118,7 @@ class ModelServer:
             if len(self.engine.queue) >= self.engine.max_queue:
                 await asyncio.sleep(0.05)
                 continue
-            if self._busy():
+            if self._busy() and await self._idle_peer():
                 await asyncio.sleep(BUSY_PATIENCE_SECONDS)
             message = await self.layer.receive(REQUEST_CHANNEL)
             if await self._claim(message):
@@ -127,6 +128,19 @@ class ModelServer:
     def _busy(self) -> bool:
         waiting = len(self.engine.queue) + len(self.inbox)
         return len(self.engine.rows) + waiting >= self.engine.max_rows
+
+    async def _idle_peer(self) -> bool:
+        """Whether another model server said, at its last announcement, that it had a free row.
+        Only then is it worth holding back: alone, a busy server takes the next request at once."""
+        try:
+            servers = await live_servers(self.redis_url)
+        except Exception:  # the claim and the receive will report a Redis that is gone
+            return False
+        return any(
+            server.get("id") != self.server_id
+            and server.get("rows", 0) + server.get("queued", 0) < server.get("max_rows", 0)
+            for server in servers
+        )
 
     async def _claim(self, message: dict[str, Any]) -> bool:
         """True for the first server to take this request; False for a second delivery of it.
