@@ -24,6 +24,13 @@ def real():
     return load_model(settings.MODEL_PATH, "cpu")
 
 
+@pytest.fixture(scope="session")
+def real_bf16():
+    """(model, tokenizer): the course model in bfloat16, as the model server runs it on CPUs
+    with native bfloat16 (MODEL_DTYPE=auto)."""
+    return load_model(settings.MODEL_PATH, "cpu", "bfloat16")
+
+
 def ids(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False).ids
 

@@ -20,7 +20,7 @@ def alone(model, tokenizer, prompt, params) -> list[int]:
     return tokens["x"]
 
 
-@pytest.mark.parametrize("which", ["tiny", "real"])
+@pytest.mark.parametrize("which", ["tiny", "real", "real_bf16"])
 def test_batched_greedy_output_equals_single_requests_token_for_token(request, which):
     model, tokenizer = request.getfixturevalue(which)
     expected = {str(i): alone(model, tokenizer, p, GREEDY) for i, p in enumerate(PROMPTS)}
