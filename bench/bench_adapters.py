@@ -32,16 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "courseapp.settings_test")
 
-PROMPTS = [
-    "Once upon a time",
-    "The capital of France is",
-    "Here is a recipe for pancakes:",
-    "The best way to learn programming is",
-    "In the year 2050, cities will",
-    "My favourite animal is",
-    "The history of the printing press",
-    "A good night's sleep helps because",
-]
+from bench.bench_model_server import PROMPTS  # noqa: E402 (the same prompts as the server benchmark)
+
 CONFIGS = {"base": 0, "1 adapter": 1, "4 adapters": 4, "16 adapters": 16}
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 

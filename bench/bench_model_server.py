@@ -155,7 +155,9 @@ async def until(ws, request_id: str, kind: str, on_frame=None, timeout: float = 
         try:
             frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
         except TimeoutError:
-            raise RuntimeError(f"no {kind!r} for {request_id} within {timeout:.0f} s; frames seen: {seen[-5:]}") from None
+            raise RuntimeError(
+                f"no {kind!r} for {request_id} within {timeout:.0f} s; frames seen: {seen[-5:]}"
+            ) from None
         seen.append(f"{frame.get('type')}:{frame.get('id')}:{frame.get('reason', '')}")
         if frame.get("type") == "error":
             raise RuntimeError(frame)

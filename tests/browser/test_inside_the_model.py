@@ -70,6 +70,7 @@ def test_the_heat_map_and_the_lens_follow_the_head_and_survive_a_dropped_connect
     widget.locator("textarea[name=prompt]").fill("The capital of France is")
     widget.get_by_role("button", name="Look inside").click()
     expect(heat.locator("tbody tr")).to_have_count(5, timeout=20000)
-    expect(lens.locator("td.is-final").last).to_have_text("␣Paris 77%")
+    # The last layer's lens is the model's own answer: 77% in float32, 76% in bfloat16.
+    expect(lens.locator("td.is-final").last).to_have_text(re.compile(r"^␣Paris 7[5-8]%$"))
     expect(widget.locator(".live-error")).to_be_empty()
     assert console_errors == []

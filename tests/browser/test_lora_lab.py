@@ -10,12 +10,9 @@ import zipfile
 from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 from playwright.sync_api import Page, expect
 
-from tests.conftest import PASSWORD
-from tests.jobs.worker import Worker, purge_job_queues
-from tests.live_server import course_environment, running_daphne
+from tests.browser.conftest import course_with_worker, sign_up
 
 pytestmark = pytest.mark.usefixtures("model_server")
 
@@ -38,26 +35,14 @@ RECORD_CURVES = """() => {
 
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The course on daphne plus a Celery worker, sharing one database and data folder."""
-    data = tmp_path_factory.mktemp("lora-lab")
-    env = course_environment(data, REDIS_URL=settings.REDIS_URL)
-    purge_job_queues()
-    worker = Worker(env, data / "worker.log", name="browser-lora")
-    try:
-        with running_daphne(env, data) as url:
-            yield url
-    finally:
-        worker.stop()
+    with course_with_worker(tmp_path_factory.mktemp("lora-lab"), "browser-lora") as url:
+        yield url
 
 
 def test_fine_tune_watch_the_curve_download_and_compare_with_the_base_model(
     page: Page, lab_server: str, console_errors: list[str], tmp_path
 ):
-    page.goto(lab_server + "/accounts/signup/?next=/learn/fine-tuning-job/")
-    page.get_by_label("Username").fill("lora-fan")
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_label("Password confirmation").fill(PASSWORD)
-    page.get_by_role("button", name="Sign up").click()
+    sign_up(page, lab_server, "lora-fan", "/learn/fine-tuning-job/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Inside a fine-tuning job")
 
     lab = page.locator("#lora-lab")

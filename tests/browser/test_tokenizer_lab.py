@@ -7,38 +7,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 from playwright.sync_api import Page, expect
 from tokenizers import Tokenizer
 
-from tests.conftest import PASSWORD
+from tests.browser.conftest import course_with_worker, sign_up
 from tests.jobs.conftest import TINY_TEXT
-from tests.jobs.worker import Worker, purge_job_queues
-from tests.live_server import course_environment, running_daphne
 
 
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The course on daphne plus a Celery worker, sharing one database and data folder."""
-    data = tmp_path_factory.mktemp("lab")
-    env = course_environment(data, REDIS_URL=settings.REDIS_URL)
-    purge_job_queues()
-    worker = Worker(env, data / "worker.log", name="browser")
-    try:
-        with running_daphne(env, data) as url:
-            yield url
-    finally:
-        worker.stop()
+    with course_with_worker(tmp_path_factory.mktemp("lab"), "browser") as url:
+        yield url
 
 
 def test_train_a_tokenizer_on_an_upload_watch_it_step_through_merges_and_download(
     page: Page, lab_server: str, console_errors: list[str], tmp_path
 ):
-    page.goto(lab_server + "/accounts/signup/?next=/learn/train-your-own-tokenizer/")
-    page.get_by_label("Username").fill("tokenizer-fan")
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_label("Password confirmation").fill(PASSWORD)
-    page.get_by_role("button", name="Sign up").click()
+    sign_up(page, lab_server, "tokenizer-fan", "/learn/train-your-own-tokenizer/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Train your own tokenizer")
 
     # Record any polling of the job: while its websocket is open there should be none.
