@@ -9,7 +9,7 @@ from django import template
 from django.conf import settings
 
 from workers.forms import LoraJobForm, TokenizerJobForm, initial_corpus
-from workers.jobs.panel import job_panel_context
+from workers.jobs.panel import job_panel_context, lab_jobs
 from workers.models import Job
 
 register = template.Library()
@@ -24,18 +24,8 @@ def tokenizer_lab(context: template.Context, options: dict | None = None) -> dic
     if form is None:
         corpus = initial_corpus((options or {}).get("corpus"))
         form = TokenizerJobForm(upload_limit=settings.JOB_UPLOAD_MAX_BYTES, initial={"corpus": corpus})
-    job = context.get("lab_job")
-    user = context.get("user")
-    recent: list[Job] = []
-    if user is not None and user.is_authenticated:
-        recent = list(Job.objects.for_owner(user).filter(kind=Job.Kind.TOKENIZER)[:5])
-        if job is None:
-            job = next((candidate for candidate in recent if candidate.is_active), None)
-    return {
-        "form": form,
-        "panel": job_panel_context(job) if job else None,
-        "recent": [candidate for candidate in recent if job is None or candidate.pk != job.pk],
-    }
+    job, recent = lab_jobs(context, Job.Kind.TOKENIZER)
+    return {"form": form, "panel": job_panel_context(job) if job else None, "recent": recent}
 
 
 @register.filter
@@ -80,15 +70,5 @@ def lora_lab(context: template.Context, options: dict | None = None) -> dict[str
     form = context.get("lab_form")
     if not isinstance(form, LoraJobForm):
         form = blank_lora_form((options or {}).get("dataset"))
-    job = context.get("lab_job")
-    user = context.get("user")
-    recent: list[Job] = []
-    if user is not None and user.is_authenticated:
-        recent = list(Job.objects.for_owner(user).filter(kind=Job.Kind.LORA)[:5])
-        if job is None:
-            job = next((candidate for candidate in recent if candidate.is_active), None)
-    return {
-        "form": form,
-        "panel": job_panel_context(job) if job else None,
-        "recent": [candidate for candidate in recent if job is None or candidate.pk != job.pk],
-    }
+    job, recent = lab_jobs(context, Job.Kind.LORA)
+    return {"form": form, "panel": job_panel_context(job) if job else None, "recent": recent}

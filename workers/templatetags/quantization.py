@@ -7,7 +7,7 @@ from typing import Any
 from django import template
 
 from workers.forms import QuantizationForm
-from workers.jobs.panel import job_panel_context
+from workers.jobs.panel import job_panel_context, lab_jobs
 from workers.jobs.quantization import DEFAULT_PROMPT, example_for, result_context
 from workers.models import Job
 
@@ -23,15 +23,7 @@ def quantization_lab(context: template.Context, options: dict | None = None) -> 
     """
     prompt = (options or {}).get("prompt") or DEFAULT_PROMPT
     form = context.get("lab_form") or QuantizationForm(initial={"prompt": prompt})
-    job = context.get("lab_job")
-    user = context.get("user")
-    recent: list[Job] = []
-    if user is not None and user.is_authenticated:
-        recent = list(Job.objects.for_owner(user).filter(kind=Job.Kind.QUANTIZATION)[:6])
-        if job is None:
-            job = next((candidate for candidate in recent if candidate.is_active), None) or next(
-                (candidate for candidate in recent if candidate.status == Job.Status.SUCCEEDED), None
-            )
+    job, recent = lab_jobs(context, Job.Kind.QUANTIZATION, fetch=6, or_finished=True)
     example = None
     if job is None:
         found = example_for(prompt)
@@ -40,5 +32,5 @@ def quantization_lab(context: template.Context, options: dict | None = None) -> 
         "form": form,
         "panel": job_panel_context(job) if job else None,
         "example": example,
-        "recent": [candidate for candidate in recent if job is None or candidate.pk != job.pk][:5],
+        "recent": recent,
     }
