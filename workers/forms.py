@@ -93,6 +93,20 @@ def initial_corpus(name: str | None) -> str:
     return name if name in BUILTIN_CORPORA or name == "upload" else "shakespeare"
 
 
+def checked_upload(form: forms.Form) -> Any:
+    """A lab form's uploaded file (or None), refused when it was over the form's `upload_limit`
+    (`upload_too_large`: the upload handler stopped reading it) or is not UTF-8 text."""
+    upload = form.cleaned_data.get("file")
+    if form.upload_too_large:
+        raise forms.ValidationError(
+            f"This file is larger than the limit of {filesizeformat(form.upload_limit)}. Upload a smaller one.",
+            code="too_large",
+        )
+    if upload is not None:
+        check_text(upload.chunks())
+    return upload
+
+
 class TokenizerJobForm(forms.Form):
     corpus = forms.ChoiceField(
         label="Train on",
@@ -148,15 +162,7 @@ class TokenizerJobForm(forms.Form):
         self.fields["file"].widget.attrs["accept"] = ".txt,.md,.csv,.json,.jsonl,text/plain"
 
     def clean_file(self) -> Any:
-        upload = self.cleaned_data.get("file")
-        if self.upload_too_large:
-            raise forms.ValidationError(
-                f"This file is larger than the limit of {filesizeformat(self.upload_limit)}. Upload a smaller one.",
-                code="too_large",
-            )
-        if upload is not None:
-            check_text(upload.chunks())
-        return upload
+        return checked_upload(self)
 
     def clean_special_tokens(self) -> tuple[str, ...]:
         return tuple(self.cleaned_data.get("special_tokens", "").replace(",", " ").split())
@@ -294,20 +300,13 @@ class LoraJobForm(forms.Form):
             self.fields["qlora"].help_text = "The base model in 4 bits (NF4) on the GPU: a quarter of the memory."
 
     def clean_file(self) -> Any:
-        upload = self.cleaned_data.get("file")
-        if self.upload_too_large:
-            raise forms.ValidationError(
-                f"This file is larger than the limit of {filesizeformat(self.upload_limit)}. Upload a smaller one.",
-                code="too_large",
-            )
-        if upload is not None:
-            check_text(upload.chunks())
-            if self.upload_format(upload) == "jsonl":
-                try:
-                    for _ in read_records(b"".join(upload.chunks()).decode("utf-8")):
-                        pass
-                except LoraDatasetError as exc:
-                    raise forms.ValidationError(str(exc), code="jsonl") from None
+        upload = checked_upload(self)
+        if upload is not None and self.upload_format(upload) == "jsonl":
+            try:
+                for _ in read_records(b"".join(upload.chunks()).decode("utf-8")):
+                    pass
+            except LoraDatasetError as exc:
+                raise forms.ValidationError(str(exc), code="jsonl") from None
         return upload
 
     @staticmethod
