@@ -6,6 +6,8 @@ a 404, exactly like a job that does not exist.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from uuid import UUID
 
 from django.conf import settings
@@ -39,20 +41,28 @@ CANCEL_NOTES = {
 # --- The tokenizer lab -------------------------------------------------------------------------------
 
 
-@csrf_exempt
+def upload_limited(view: Callable[[HttpRequest, LimitedUploadHandler], HttpResponse]) -> Callable:
+    """For a view that takes an upload: the size check must see the upload before anything
+    parses the body into files, and the CSRF middleware would parse it (for the token). So the
+    view is exempt from the middleware, gets the size-limiting handler first, and checks CSRF
+    itself after that (the pattern Django's docs give for upload handlers). The view receives
+    the handler as its second argument."""
+    protected = csrf_protect(view)
+
+    @csrf_exempt
+    @wraps(view)
+    def limited(request: HttpRequest) -> HttpResponse:
+        handler = LimitedUploadHandler(request, settings.JOB_UPLOAD_MAX_BYTES)
+        request.upload_handlers.insert(0, handler)
+        return protected(request, handler)
+
+    return limited
+
+
 @learner_required
 @require_http_methods(["GET", "POST"])
-def tokenizer_lab(request: HttpRequest) -> HttpResponse:
-    # The size check must see the upload before anything parses the body into files, and the
-    # CSRF middleware would parse it (for the token): so this view is exempt and checks CSRF
-    # itself below, the pattern Django's docs give for upload handlers.
-    handler = LimitedUploadHandler(request, settings.JOB_UPLOAD_MAX_BYTES)
-    request.upload_handlers.insert(0, handler)
-    return _tokenizer_lab(request, handler)
-
-
-@csrf_protect
-def _tokenizer_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
+@upload_limited
+def tokenizer_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
     limit = settings.JOB_UPLOAD_MAX_BYTES
     template = "exercises/_tokenizer_lab.html" if request.htmx else "jobs/tokenizer_lab.html"
     if request.method == "GET":
@@ -124,18 +134,10 @@ def _submit_quantization(request: HttpRequest) -> HttpResponse:
 # --- The LoRA lab --------------------------------------------------------------------------------------
 
 
-@csrf_exempt
 @learner_required
 @require_http_methods(["GET", "POST"])
-def lora_lab(request: HttpRequest) -> HttpResponse:
-    # Exempt and checked below, like the tokenizer lab: the size check must come first.
-    handler = LimitedUploadHandler(request, settings.JOB_UPLOAD_MAX_BYTES)
-    request.upload_handlers.insert(0, handler)
-    return _lora_lab(request, handler)
-
-
-@csrf_protect
-def _lora_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
+@upload_limited
+def lora_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
     template = "exercises/_lora_lab.html" if request.htmx else "jobs/lora_lab.html"
     if request.method == "GET":
         return render(request, template, {"lab_form": blank_lora_form(request.GET.get("dataset"))})
@@ -153,17 +155,10 @@ def _lora_lab(request: HttpRequest, handler: LimitedUploadHandler) -> HttpRespon
     return render(request, template, {"lab_form": blank_lora_form(job.params), "lab_job": job}, status=201)
 
 
-@csrf_exempt
 @learner_required
 @require_POST
-def lora_preview(request: HttpRequest) -> HttpResponse:
-    handler = LimitedUploadHandler(request, settings.JOB_UPLOAD_MAX_BYTES)
-    request.upload_handlers.insert(0, handler)
-    return _lora_preview(request, handler)
-
-
-@csrf_protect
-def _lora_preview(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
+@upload_limited
+def lora_preview(request: HttpRequest, handler: LimitedUploadHandler) -> HttpResponse:
     """The job's resolved settings and its first training examples, before it is submitted."""
     try:
         form = submitted_lora_form(request, handler, too_large=_content_length(request) > _envelope_limit())
