@@ -81,6 +81,34 @@ def test_in_bfloat16_the_runner_matches_the_reference_model_in_bfloat16(tokenize
     assert float((probs_alone - probs_ref).abs().sum()) < 0.1
 
 
+def test_bfloat16_weights_packed_for_onednn_give_the_plain_layouts_logits(tokenizer):
+    """On CPUs with native bfloat16 the runner hands its weights to oneDNN in its blocked layout
+    (the fast one-row products); every kind of step must give what plain [out, in] weights give:
+    prompt chunks, all rows decoding, one row decoding beside an idle slot, and a mix."""
+    from django.conf import settings
+
+    from workers.inference.loading import cpu_has_native_bfloat16, load_model
+    from workers.inference.runner import weight_layout
+
+    model, _ = load_model(settings.MODEL_PATH, "cpu", "bfloat16")
+    if cpu_has_native_bfloat16():
+        assert weight_layout(torch.bfloat16, torch.device("cpu")) == "packed"
+    fast = LlamaRunner(model, max_slots=3, max_context=128)
+    plain = LlamaRunner(model, max_slots=3, max_context=128, layout="plain")
+    a = ids(tokenizer, "The capital of France is")
+    b = ids(tokenizer, "Once upon a time, in a small village,")
+    c = ids(tokenizer, "def add(a, b):")
+    steps = [
+        [Segment(0, 0, a, all_logits=True), Segment(1, 0, b)],
+        [Segment(0, len(a), [5]), Segment(1, len(b), [6])],
+        [Segment(1, len(b) + 1, [7])],
+        [Segment(0, len(a) + 1, [8]), Segment(1, len(b) + 2, [9]), Segment(2, 0, c)],
+    ]
+    for segments in steps:
+        for got, want in zip(fast.forward(segments), plain.forward(segments), strict=True):
+            assert (got - want).abs().max() < 0.05
+
+
 def test_auto_precision_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
     from workers.inference import loading
 

@@ -32,6 +32,30 @@ if TYPE_CHECKING:
     from workers.inference.adapters import LoraAdapter
 
 
+def weight_layout(dtype: torch.dtype, device: torch.device) -> str:
+    """How the runner lays out its weight matrices: "transposed" [in, out], "packed" (oneDNN's
+    blocked layout, bfloat16 on a CPU whose PyTorch can do it) or "plain" [out, in]."""
+    if device.type != "cpu":
+        return "plain"
+    if dtype == torch.float32:
+        return "transposed"
+    if dtype == torch.bfloat16 and _can_pack():
+        return "packed"
+    return "plain"
+
+
+def _can_pack() -> bool:
+    """True when this PyTorch packs bfloat16 weights for oneDNN and multiplies them correctly."""
+    try:
+        weight = torch.randn(8, 16).bfloat16()
+        x = torch.randn(3, 16).bfloat16()
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        result = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return torch.allclose(result.float(), F.linear(x, weight).float(), rtol=1e-2, atol=1e-2)
+
+
 @dataclass
 class Segment:
     slot: int
@@ -42,7 +66,7 @@ class Segment:
 
 
 class LlamaRunner:
-    def __init__(self, model, max_slots: int, max_context: int) -> None:
+    def __init__(self, model, max_slots: int, max_context: int, layout: str | None = None) -> None:
         config = model.config
         if config.model_type not in {"llama", "mistral", "qwen2"} or getattr(config, "attention_bias", False):
             raise ValueError(f"the batching engine runs Llama-style models, not {config.model_type!r}")
@@ -58,12 +82,18 @@ class LlamaRunner:
         self.dtype, self.device = weight.dtype, weight.device
         # Fewer, larger products: q, k and v as one matrix, gate and up as another. Each product
         # takes the layout its kernel streams fastest (bench/README.md): float32 weights laid
-        # out [in, out] for `x @ w` (MKL's one-row products are markedly faster that way round),
-        # bfloat16 and float16 ones [out, in] as F.linear wants them (oneDNN's are).
-        self.transposed = self.dtype == torch.float32
+        # out [in, out] for `x @ w` (MKL's one-row products are markedly faster that way round);
+        # bfloat16 ones on a CPU handed to oneDNN once, in its own blocked layout ("packed"),
+        # which streams a one-row product at close to the memory bandwidth where F.linear on a
+        # plain [out, in] matrix reaches about half of it; everything else [out, in] for F.linear.
+        self.layout = layout or weight_layout(self.dtype, self.device)
 
         def laid_out(weight: torch.Tensor) -> torch.Tensor:
-            return weight.t().contiguous() if self.transposed else weight.contiguous()
+            if self.layout == "transposed":
+                return weight.t().contiguous()
+            if self.layout == "packed":
+                return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1)
+            return weight.contiguous()
 
         self.qkv = [
             laid_out(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
@@ -112,25 +142,34 @@ class LlamaRunner:
             cache[target, :, :length] = cache[source, :, :length]
 
     def _product(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return x @ weight if self.transposed else F.linear(x, weight)
+        if self.layout == "transposed":
+            return x @ weight
+        if self.layout == "packed":
+            return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+        return F.linear(x, weight)
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Attention of q [B, heads, n, d] over k, v [B, kv_heads, L, d]; mask [B or 1, 1, n, L].
+        """Attention of q [B, heads, n, d] over k, v [B, kv_heads, L, d]; `mask` from `_grouped`.
 
-        On a GPU, PyTorch's fused kernel. On a CPU, written out as two products: its fused
-        kernel takes a single query per row badly (5 to 13 times slower in bfloat16 here, and
-        no faster in float32). Each group of query heads that shares a key/value head is
-        stacked into one product with it; the softmax is taken in float32."""
-        if self.device.type != "cpu":
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        Each group of query heads that shares a key/value head goes to PyTorch's fused kernel as
+        one head with `group * n` queries. On a CPU that kernel takes one query per head badly
+        (in bfloat16 several times slower than two plain products), stacked it is the fastest
+        way there is (bench/bench_kernels.py)."""
         batch, heads, n, dim = q.shape
-        kv_heads, length = k.shape[1], k.shape[2]
-        group = heads // kv_heads
-        stacked = q.reshape(batch, kv_heads, group * n, dim)
-        scores = (stacked @ k.transpose(-1, -2)).float() * dim**-0.5
-        allowed = mask.unsqueeze(2).expand(mask.shape[0], 1, group, n, length).reshape(-1, 1, group * n, length)
-        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(v.dtype)
-        return (weights @ v).reshape(batch, heads, n, dim)
+        stacked = q.reshape(batch, self.n_kv, heads // self.n_kv * n, dim)
+        return F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask).reshape(batch, heads, n, dim)
+
+    def _grouped(self, allowed: torch.Tensor) -> torch.Tensor | None:
+        """The mask for `_attention` from `allowed` [B or 1, 1, n, L] (True: may attend): laid out
+        for the stacked queries, and additive (0 or -inf) in the model's precision, which the
+        fused kernel takes as it is (a True/False mask it converts at every call). None when
+        every query may see every position."""
+        if bool(allowed.all()):
+            return None
+        batch, _, n, length = allowed.shape
+        group = self.n_heads // self.n_kv
+        allowed = allowed.unsqueeze(2).expand(batch, 1, group, n, length).reshape(batch, 1, group * n, length)
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill(~allowed, float("-inf"))
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:  # as Hugging Face's Llama: the statistics in float32
@@ -175,25 +214,37 @@ class LlamaRunner:
         slots = torch.cat([torch.full((len(s.tokens),), s.slot) for s in segments]).to(self.device)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
-        # Rows decoding one token are batched together; longer segments (prompt chunks) each
-        # attend on their own with a causal mask.
         offsets, offset = [], 0
         for s in segments:
             offsets.append(offset)
             offset += len(s.tokens)
         singles = [i for i, s in enumerate(segments) if len(s.tokens) == 1]
         chunks = [i for i, s in enumerate(segments) if len(s.tokens) > 1]
+        # Rows decoding one token are batched together; longer segments (prompt chunks) each
+        # attend on their own with a causal mask. Masks are made once per step, not per layer.
         if singles:
-            single_rows = torch.tensor([offsets[i] for i in singles], device=self.device)
-            single_slots = torch.tensor([segments[i].slot for i in singles], device=self.device)
             span = max(segments[i].slot for i in singles) + 1
             length = max(segments[i].start for i in singles) + 1
             # Attention over the packed slot range [0, span): slots that are not decoding this
             # step get a dummy query that may only look at position 0; their output is dropped.
+            # Usually every decoding row sits at the slot and token of its own number ("dense"),
+            # and their queries are simply the first `span` rows.
+            dense = all(segments[i].slot == number == offsets[i] for number, i in enumerate(singles))
+            single_rows = torch.tensor([offsets[i] for i in singles], device=self.device)
+            single_slots = torch.tensor([segments[i].slot for i in singles], device=self.device)
             key_pos = torch.arange(length, device=self.device)
             limit = torch.zeros(span, dtype=torch.long, device=self.device)
             limit[single_slots] = torch.tensor([segments[i].start for i in singles], device=self.device)
-            single_mask = (key_pos[None, :] <= limit[:, None])[:, None, None, :]
+            single_mask = self._grouped((key_pos[None, :] <= limit[:, None])[:, None, None, :])
+        chunk_masks = {}
+        for i in chunks:
+            s = segments[i]
+            stop = s.start + len(s.tokens)
+            causal = (
+                torch.arange(stop, device=self.device)[None, :]
+                <= torch.arange(s.start, stop, device=self.device)[:, None]
+            )
+            chunk_masks[i] = self._grouped(causal[None, None])
 
         adapted = self._adapter_plan(segments)
 
@@ -203,36 +254,38 @@ class LlamaRunner:
             qkv = self._product(h, self.qkv[index])
             if adapted:
                 adapted.apply(qkv, h, index, "qkv")
-            q = qkv[:, : self.q_size].view(-1, self.n_heads, self.head_dim)
-            k = qkv[:, self.q_size : self.q_size + self.kv_size].view(-1, self.n_kv, self.head_dim)
+            # q and k rotated together: one set of operations instead of two.
+            qk = qkv[:, : self.q_size + self.kv_size].view(-1, self.n_heads + self.n_kv, self.head_dim)
+            qk = self._rotate(qk, cos, sin)
+            q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
             v = qkv[:, self.q_size + self.kv_size :].view(-1, self.n_kv, self.head_dim)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             self.k[index][slots, :, positions] = k
             self.v[index][slots, :, positions] = v
 
-            out = torch.empty_like(q)
-            if singles:
-                queries = torch.zeros(span, self.n_heads, 1, self.head_dim, dtype=q.dtype, device=self.device)
-                queries[single_slots, :, 0] = q[single_rows]
+            keys, values = self.k[index], self.v[index]
+            if singles and dense and not chunks:
                 attended = self._attention(
-                    queries, self.k[index][:span, :, :length], self.v[index][:span, :, :length], single_mask
+                    q.unsqueeze(2), keys[:span, :, :length], values[:span, :, :length], single_mask
                 )
-                out[single_rows] = attended[single_slots, :, 0]
-            for i in chunks:
-                s = segments[i]
-                n, stop = len(s.tokens), s.start + len(s.tokens)
-                rows = slice(offsets[i], offsets[i] + n)
-                mask = (
-                    torch.arange(stop, device=self.device)[None, :]
-                    <= torch.arange(s.start, stop, device=self.device)[:, None]
-                )
-                attended = self._attention(
-                    q[rows].transpose(0, 1).unsqueeze(0),
-                    self.k[index][s.slot : s.slot + 1, :, :stop],
-                    self.v[index][s.slot : s.slot + 1, :, :stop],
-                    mask[None, None],
-                )
-                out[rows] = attended[0].transpose(0, 1)
+                out = attended.view(span, self.n_heads, self.head_dim)
+            else:
+                out = torch.empty_like(q)
+                if singles:
+                    queries = torch.zeros(span, self.n_heads, 1, self.head_dim, dtype=q.dtype, device=self.device)
+                    queries[single_slots, :, 0] = q[single_rows]
+                    attended = self._attention(queries, keys[:span, :, :length], values[:span, :, :length], single_mask)
+                    out[single_rows] = attended[single_slots, :, 0]
+                for i in chunks:
+                    s = segments[i]
+                    n, stop = len(s.tokens), s.start + len(s.tokens)
+                    rows = slice(offsets[i], offsets[i] + n)
+                    attended = self._attention(
+                        q[rows].transpose(0, 1).unsqueeze(0),
+                        keys[s.slot : s.slot + 1, :, :stop],
+                        values[s.slot : s.slot + 1, :, :stop],
+                        chunk_masks[i],
+                    )
+                    out[rows] = attended[0].transpose(0, 1)
             attended = out.reshape(-1, self.q_size)
             projected = self._product(attended, self.o[index])
             if adapted:
