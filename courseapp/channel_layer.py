@@ -13,15 +13,34 @@ channels-redis always does), takes it first. Pops on one channel take turns (a l
 pop can overtake a cancelled one still in flight: were it allowed to, a later message, such as
 a request's "done" after its "candidates", could be handed out first, and the consumer,
 finished with that request, would drop the earlier one.
+
+Sending takes one round trip to Redis instead of channels-redis's four (drop expired messages,
+count, add, renew the expiry), and `send_many` sends a whole list in one: the model server
+sends a frame per learner every few tens of milliseconds, and on a small machine the Python
+work of those round trips competes with the model for the CPU (bench/bench_model_server.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import defaultdict
 
+from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
+
+# channels-redis's send as one script: the same steps and the same keys, atomic as a bonus.
+# KEYS[1] the channel's sorted set; ARGV: expired-before, capacity, score (now), message, expiry.
+_SEND = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
 
 
 class CourseChannelLayer(RedisChannelLayer):
@@ -41,3 +60,43 @@ class CourseChannelLayer(RedisChannelLayer):
         # If the receive is cancelled, the pop still completes, and what it took stays in the
         # backup queue for the next pop.
         return await asyncio.shield(asyncio.ensure_future(pop()))
+
+    async def send(self, channel, message):
+        """Puts `message` on `channel` as channels-redis does, in one round trip; ChannelFull
+        when the channel already holds its capacity."""
+        index, arguments = self._send_arguments(channel, message)
+        if not await self.connection(index).eval(_SEND, 1, *arguments):
+            raise ChannelFull()
+
+    async def send_many(self, messages: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+        """Sends (channel, message) pairs in their order, in one round trip per Redis server;
+        returns the pairs refused because their channel was full."""
+        batches: dict[int, list[tuple[tuple[str, dict], list]]] = defaultdict(list)
+        for channel, message in messages:
+            index, arguments = self._send_arguments(channel, message)
+            batches[index].append(((channel, message), arguments))
+        refused = []
+        for index, batch in batches.items():
+            pipe = self.connection(index).pipeline(transaction=False)
+            for _, arguments in batch:
+                pipe.eval(_SEND, 1, *arguments)
+            for (pair, _), added in zip(batch, await pipe.execute(), strict=True):
+                if not added:
+                    refused.append(pair)
+        return refused
+
+    def _send_arguments(self, channel: str, message: dict) -> tuple[int, list]:
+        """(which Redis server, the script's key and arguments) for one message."""
+        assert isinstance(message, dict), "message is not a dict"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        assert "__asgi_channel__" not in message
+        key_name = channel
+        if "!" in channel:  # a process-local channel: its full name travels in the message
+            message = {**message, "__asgi_channel__": channel}
+            key_name = self.non_local_name(channel)
+            index = self.consistent_hash(channel)
+        else:
+            index = next(self._send_index_generator)
+        now, expiry = time.time(), int(self.expiry)
+        arguments = [self.prefix + key_name, int(now) - expiry, self.get_capacity(channel), now]
+        return index, [*arguments, self.serialize(message), expiry]
