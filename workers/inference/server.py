@@ -368,6 +368,8 @@ class ModelServer:
     # --- replying -----------------------------------------------------------------------------------
 
     async def _dispatch(self, events: list[Event]) -> None:
+        """Sends the replies `events` call for, in their order, as one batch."""
+        outbox: list[tuple[str, dict[str, Any]]] = []
         now = time.monotonic()
         for event in events:
             pending = self.pending.get(event.request_id)
@@ -377,30 +379,44 @@ class ModelServer:
                 pending.text += event.data["text"]
                 pending.tokens.append(event.data)
                 continue
-            await self._flush(event.request_id, pending, now)
+            self._flush(event.request_id, pending, now, outbox)
             data = {**event.data, "server": self.server_id} if event.kind == "started" else event.data
-            await self._send(pending, event.request_id, event.kind, data)
+            outbox.append(_reply(pending, event.request_id, event.kind, data))
             if event.kind in {"done", "error"}:
                 self.pending.pop(event.request_id, None)
                 if self.by_owner.get(pending.owner) == event.request_id:
                     del self.by_owner[pending.owner]
         for request_id, pending in list(self.pending.items()):
             if pending.tokens and now - pending.last_sent >= FRAME_INTERVAL:
-                await self._flush(request_id, pending, now)
+                self._flush(request_id, pending, now, outbox)
+        await self._send(outbox)
 
-    async def _flush(self, request_id: str, pending: _Pending, now: float) -> None:
+    def _flush(self, request_id: str, pending: _Pending, now: float, outbox: list) -> None:
+        """Adds the request's coalesced tokens, if any, to `outbox` as one frame."""
         if pending.tokens:
-            await self._send(pending, request_id, "tokens", {"text": pending.text, "tokens": pending.tokens})
+            outbox.append(_reply(pending, request_id, "tokens", {"text": pending.text, "tokens": pending.tokens}))
             pending.text, pending.tokens, pending.last_sent = "", [], now
 
     async def _flush_all(self) -> None:
+        outbox: list[tuple[str, dict[str, Any]]] = []
         now = time.monotonic()
         for request_id, pending in list(self.pending.items()):
-            await self._flush(request_id, pending, now)
+            self._flush(request_id, pending, now, outbox)
+        await self._send(outbox)
 
-    async def _send(self, pending: _Pending, request_id: str, kind: str, data: dict[str, Any]) -> None:
-        message = {"type": "model.event", "request_id": request_id, "kind": kind, **data}
+    async def _send(self, outbox: list[tuple[str, dict[str, Any]]]) -> None:
+        """One round trip for a step's replies (the channel layer's send_many); a full or
+        vanished reply channel must not stop the server."""
+        if not outbox:
+            return
         try:
-            await self.layer.send(pending.reply_channel, message)
-        except Exception:  # a full or vanished reply channel must not stop the server
-            log.warning("could not reply to %s for %s", pending.reply_channel, request_id, exc_info=True)
+            refused = await self.layer.send_many(outbox)
+        except Exception:
+            log.warning("could not send %d replies", len(outbox), exc_info=True)
+            return
+        for channel, message in refused:
+            log.warning("could not reply to %s for %s: its channel is full", channel, message["request_id"])
+
+
+def _reply(pending: _Pending, request_id: str, kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return pending.reply_channel, {"type": "model.event", "request_id": request_id, "kind": kind, **data}
