@@ -7,8 +7,8 @@ plain alternative, on the real model's weights in one process.
 1. Weight layout: the products of one decoding token (every layer's q/k/v, o, gate/up and down
    matrices and the output layer, one row each) with the runner's layout against plain
    [out, in] matrices and F.linear. Also shown as bytes per second next to one large mat-vec.
-2. Attention of decoding rows: PyTorch's fused kernel with each key/value head's query heads
-   stacked (the runner's way) against two plain products and a float32 softmax.
+2. Attention of decoding rows, each key/value head's query heads stacked: PyTorch's fused
+   kernel against two plain products and a float32 softmax (the runner picks by the size).
 3. A whole decoding step of the runner, 1 and 16 rows, with its layout against plain weights.
 
 Medians of repeated runs, the two sides interleaved so that the machine's drift hits both.
@@ -76,20 +76,6 @@ def matvec_bandwidth(weight_bytes: int) -> float:
     return weight_bytes / seconds
 
 
-def two_products(q, k, v, mask):
-    """Attention as it was before the fused kernel: scores, a float32 softmax, a weighted sum."""
-    import torch
-
-    batch, heads, n, dim = q.shape
-    group = heads // k.shape[1]
-    stacked = q.reshape(batch, k.shape[1], group * n, dim)
-    scores = (stacked @ k.transpose(-1, -2)).float() * dim**-0.5
-    if mask is not None:  # additive, as the runner makes it
-        scores = scores + mask.float()
-    weights = torch.softmax(scores, dim=-1).to(v.dtype)
-    return (weights @ v).reshape(batch, heads, n, dim)
-
-
 def attention(runner, rows: int, length: int) -> tuple[float, float]:
     import torch
 
@@ -98,8 +84,13 @@ def attention(runner, rows: int, length: int) -> tuple[float, float]:
     v = torch.randn_like(k)
     allowed = torch.arange(length)[None, :] <= torch.randint(0, length, (rows,))[:, None]
     mask = runner._grouped(allowed[:, None, None, :])
+    stacked = q.reshape(rows, runner.n_kv, -1, runner.head_dim)
     with torch.inference_mode():
-        return interleaved(lambda: runner._attention(q, k, v, mask), lambda: two_products(q, k, v, mask), repeats=100)
+        return interleaved(
+            lambda: torch.nn.functional.scaled_dot_product_attention(stacked, k, v, attn_mask=mask),
+            lambda: runner._attention_products(stacked, k, v, mask),
+            repeats=100,
+        )
 
 
 def decode_step(runner, plain, tokenizer, rows: int) -> tuple[float, float]:
@@ -152,8 +143,8 @@ def main() -> None:
     print(f"   {'plain':>10}: {theirs * 1e3:6.1f} ms = {weight_bytes / theirs / 1e9:5.1f} GB/s")
     print(f"   one large mat-vec: {bandwidth / 1e9:5.1f} GB/s; {runner.layout} is {theirs / mine:.2f}x plain")
 
-    print("\n2. attention of decoding rows: fused with stacked heads vs two products")
-    for rows, length in ((1, 64), (1, 320), (16, 64), (16, 320)):
+    print("\n2. attention of decoding rows, stacked heads: fused kernel vs two products")
+    for rows, length in ((1, 64), (1, 320), (2, 64), (4, 64), (4, 320), (16, 64), (16, 320)):
         fused, manual = attention(runner, rows, length)
         print(
             f"   {rows:2} rows x {length:3} positions: {fused * 1e6:6.0f} us vs {manual * 1e6:6.0f} us"

@@ -10,7 +10,13 @@ from workers.inference.runner import LlamaRunner, Segment
 
 
 @pytest.mark.parametrize("which", ["tiny", "real"])
-def test_ragged_batches_match_the_reference_model(request, which):
+@pytest.mark.parametrize("attention", ["fused", "products"])
+def test_ragged_batches_match_the_reference_model(request, monkeypatch, which, attention):
+    """Both ways of computing attention (the fused kernel for small steps, two products for
+    large ones on a CPU) give the reference logits: the size limit is set to pick one."""
+    from workers.inference import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "FUSED_ATTENTION_LIMIT", 10**9 if attention == "fused" else 0)
     model, tokenizer = request.getfixturevalue(which)
     runner = LlamaRunner(model, max_slots=4, max_context=256)
     a = ids(tokenizer, "The capital of France is")

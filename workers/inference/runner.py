@@ -56,6 +56,12 @@ def _can_pack() -> bool:
     return torch.allclose(result.float(), F.linear(x, weight).float(), rtol=1e-2, atol=1e-2)
 
 
+# Rows x key positions up to which attention on a CPU goes through PyTorch's fused kernel; past
+# it, two plain products are faster (bench/bench_kernels.py: one thread, 1 row x 64 positions
+# 2.7x faster fused, 4 x 64 1.3x, 4 x 320 0.76x, 16 x 64 0.66x).
+FUSED_ATTENTION_LIMIT = 512
+
+
 @dataclass
 class Segment:
     slot: int
@@ -148,16 +154,27 @@ class LlamaRunner:
             return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
         return F.linear(x, weight)
 
-    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Attention of q [B, heads, n, d] over k, v [B, kv_heads, L, d]; `mask` from `_grouped`.
 
-        Each group of query heads that shares a key/value head goes to PyTorch's fused kernel as
-        one head with `group * n` queries. On a CPU that kernel takes one query per head badly
-        (in bfloat16 several times slower than two plain products), stacked it is the fastest
-        way there is (bench/bench_kernels.py)."""
+        Each group of query heads that shares a key/value head is handled as one head with
+        `group * n` queries. PyTorch's fused kernel is the faster way for a few rows over short
+        keys; on a CPU, once rows x positions passes FUSED_ATTENTION_LIMIT, two plain products
+        with a float32 softmax are (bench/bench_kernels.py)."""
         batch, heads, n, dim = q.shape
         stacked = q.reshape(batch, self.n_kv, heads // self.n_kv * n, dim)
-        return F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask).reshape(batch, heads, n, dim)
+        if self.device.type == "cpu" and batch * k.shape[2] > FUSED_ATTENTION_LIMIT:
+            out = self._attention_products(stacked, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask)
+        return out.reshape(batch, heads, n, dim)
+
+    @staticmethod
+    def _attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+        scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+        if mask is not None:
+            scores = scores + mask
+        return torch.softmax(scores, dim=-1).to(v.dtype) @ v
 
     def _grouped(self, allowed: torch.Tensor) -> torch.Tensor | None:
         """The mask for `_attention` from `allowed` [B or 1, 1, n, L] (True: may attend): laid out
