@@ -80,8 +80,9 @@ def attention(runner, rows: int, length: int) -> tuple[float, float]:
     import torch
 
     q = torch.randn(rows, runner.n_heads, 1, runner.head_dim, dtype=runner.dtype)
-    k = torch.randn(rows, runner.n_kv, length, runner.head_dim, dtype=runner.dtype)
-    v = torch.randn_like(k)
+    # Keys and values as the runner has them: the first `length` positions of a larger cache.
+    k = torch.randn(rows, runner.n_kv, 2 * length, runner.head_dim, dtype=runner.dtype)[:, :, :length]
+    v = torch.randn(rows, runner.n_kv, 2 * length, runner.head_dim, dtype=runner.dtype)[:, :, :length]
     allowed = torch.arange(length)[None, :] <= torch.randint(0, length, (rows,))[:, None]
     mask = runner._grouped(allowed[:, None, None, :])
     stacked = q.reshape(rows, runner.n_kv, -1, runner.head_dim)

@@ -57,8 +57,8 @@ def _can_pack() -> bool:
 
 
 # Rows x key positions up to which attention on a CPU goes through PyTorch's fused kernel; past
-# it, two plain products are faster (bench/bench_kernels.py: one thread, 1 row x 64 positions
-# 2.7x faster fused, 4 x 64 1.3x, 4 x 320 0.76x, 16 x 64 0.66x).
+# it, two plain products are faster (bench/bench_kernels.py, one thread: 1 row x 64 positions
+# 3.0x faster fused, 4 x 64 1.3x, 4 x 320 0.80x, 16 x 64 0.72x).
 FUSED_ATTENTION_LIMIT = 512
 
 
@@ -87,11 +87,12 @@ class LlamaRunner:
         weight = model.model.embed_tokens.weight
         self.dtype, self.device = weight.dtype, weight.device
         # Fewer, larger products: q, k and v as one matrix, gate and up as another. Each product
-        # takes the layout its kernel streams fastest (bench/README.md): float32 weights laid
+        # takes the layout its kernel streams fastest (bench/bench_kernels.py): float32 weights laid
         # out [in, out] for `x @ w` (MKL's one-row products are markedly faster that way round);
         # bfloat16 ones on a CPU handed to oneDNN once, in its own blocked layout ("packed"),
-        # which streams a one-row product at close to the memory bandwidth where F.linear on a
-        # plain [out, in] matrix reaches about half of it; everything else [out, in] for F.linear.
+        # which streams a one-row product 1.6x faster than F.linear on a plain [out, in] matrix
+        # (and must then be used under inference_mode, as forward is: outside it oneDNN copies
+        # the packed weights at every call); everything else [out, in] for F.linear.
         self.layout = layout or weight_layout(self.dtype, self.device)
 
         def laid_out(weight: torch.Tensor) -> torch.Tensor:
@@ -171,6 +172,10 @@ class LlamaRunner:
 
     @staticmethod
     def _attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+        # k and v are slices of the cache (its first `length` of `capacity` positions): the
+        # batched products would copy such operands several times over, one copy each is
+        # cheaper (2.4x faster at 16 rows, bench/bench_kernels.py).
+        k, v = k.contiguous(), v.contiguous()
         scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
         if mask is not None:
             scores = scores + mask
