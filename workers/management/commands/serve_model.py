@@ -29,7 +29,7 @@ class Command(BaseCommand):
         import torch
 
         # One core is left to the web server, Redis and the worker: with every core busy,
-        # torch's threads wait on each other at every barrier (bench/README.md).
+        # torch's threads wait on each other at every barrier (README.md, Benchmarks).
         torch.set_num_threads(settings.MODEL_THREADS or max(1, (os.cpu_count() or 2) - 1))
         if not is_prepared(settings.MODEL_PATH):
             raise CommandError(f"no model in {settings.MODEL_PATH}: run `python manage.py prepare_model` first")
