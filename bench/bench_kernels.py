@@ -66,16 +66,6 @@ def token_products(runner, plain) -> tuple[float, float, int]:
     return mine, theirs, sum(w.numel() * w.element_size() for w in weights)
 
 
-def matvec_bandwidth(weight_bytes: int) -> float:
-    """Bytes per second of one float32 mat-vec over `weight_bytes` (as bench_model_server's ceiling)."""
-    import torch
-
-    matrix = torch.randn(4096, weight_bytes // 4 // 4096)
-    vector = torch.randn(1, 4096)
-    seconds, _ = interleaved(lambda: vector @ matrix, lambda: None, repeats=10)
-    return weight_bytes / seconds
-
-
 def attention(runner, rows: int, length: int) -> tuple[float, float]:
     import torch
 
@@ -128,6 +118,7 @@ def main() -> None:
     import torch
     from django.conf import settings
 
+    from bench.bandwidth import describe, matvec_bandwidths
     from workers.inference.loading import load_model, serving_dtype
     from workers.inference.runner import LlamaRunner
 
@@ -138,11 +129,12 @@ def main() -> None:
     print(f"{dtype} on the CPU, torch threads: {torch.get_num_threads()}; the runner's weight layout: {runner.layout}")
 
     mine, theirs, weight_bytes = token_products(runner, plain)
-    bandwidth = matvec_bandwidth(weight_bytes)
+    bandwidths = matvec_bandwidths(weight_bytes)
     print("\n1. one-row products of one token, all layers and the output layer")
     print(f"   {runner.layout:>10}: {mine * 1e3:6.1f} ms = {weight_bytes / mine / 1e9:5.1f} GB/s")
     print(f"   {'plain':>10}: {theirs * 1e3:6.1f} ms = {weight_bytes / theirs / 1e9:5.1f} GB/s")
-    print(f"   one large mat-vec: {bandwidth / 1e9:5.1f} GB/s; {runner.layout} is {theirs / mine:.2f}x plain")
+    print(f"   {runner.layout} is {theirs / mine:.2f}x plain")
+    print(f"   one mat-vec over as many bytes, each way: {describe(bandwidths)}")
 
     print("\n2. attention of decoding rows, stacked heads: fused kernel vs two products")
     for rows, length in ((1, 64), (1, 320), (2, 64), (4, 64), (4, 320), (16, 64), (16, 320)):
