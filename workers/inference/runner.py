@@ -20,6 +20,7 @@ use the base model or their own adapters. The shared base products are computed 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,10 +57,15 @@ def _can_pack() -> bool:
     return torch.allclose(result.float(), F.linear(x, weight).float(), rtol=1e-2, atol=1e-2)
 
 
-# Rows x key positions up to which attention on a CPU goes through PyTorch's fused kernel; past
-# it, two plain products are faster (bench/bench_kernels.py, one thread: 1 row x 64 positions
-# 3.0x faster fused, 4 x 64 1.3x, 4 x 320 0.80x, 16 x 64 0.72x).
-FUSED_ATTENTION_LIMIT = 512
+def fused_attention_limit(dtype: torch.dtype, device: torch.device) -> float:
+    """Rows x key positions up to which attention goes through PyTorch's fused kernel; past it,
+    two plain products with a float32 softmax are faster for bfloat16 on a CPU
+    (bench/bench_kernels.py, one thread: 1 row x 64 positions 2.7x faster fused, 4 x 64 1.2x,
+    4 x 320 0.76x, 16 x 64 0.58x; a 16-row decoding step 18% faster). In float32 the fused
+    kernel is the faster one at every size measured (16 x 320: 1.2x), and so on a GPU."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return 512
+    return math.inf
 
 
 @dataclass
@@ -94,6 +100,7 @@ class LlamaRunner:
         # (and must then be used under inference_mode, as forward is: outside it oneDNN copies
         # the packed weights at every call); everything else [out, in] for F.linear.
         self.layout = layout or weight_layout(self.dtype, self.device)
+        self.fused_attention_limit = fused_attention_limit(self.dtype, self.device)
 
         def laid_out(weight: torch.Tensor) -> torch.Tensor:
             if self.layout == "transposed":
@@ -159,12 +166,11 @@ class LlamaRunner:
         """Attention of q [B, heads, n, d] over k, v [B, kv_heads, L, d]; `mask` from `_grouped`.
 
         Each group of query heads that shares a key/value head is handled as one head with
-        `group * n` queries. PyTorch's fused kernel is the faster way for a few rows over short
-        keys; on a CPU, once rows x positions passes FUSED_ATTENTION_LIMIT, two plain products
-        with a float32 softmax are (bench/bench_kernels.py)."""
+        `group * n` queries, through PyTorch's fused kernel, or through two plain products once
+        rows x positions passes `fused_attention_limit` (bfloat16 on a CPU)."""
         batch, heads, n, dim = q.shape
         stacked = q.reshape(batch, self.n_kv, heads // self.n_kv * n, dim)
-        if self.device.type == "cpu" and batch * k.shape[2] > FUSED_ATTENTION_LIMIT:
+        if batch * k.shape[2] > self.fused_attention_limit:
             out = self._attention_products(stacked, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask)
