@@ -241,6 +241,10 @@ class LlamaRunner:
         positions = torch.cat([torch.arange(s.start, s.start + len(s.tokens)) for s in segments]).to(self.device)
         slots = torch.cat([torch.full((len(s.tokens),), s.slot) for s in segments]).to(self.device)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        # Where each token's key and value go, as rows of a layer's cache seen as [-1, head_dim]:
+        # one index_copy_ per layer instead of indexing by (slot, position) pairs.
+        heads = torch.arange(self.n_kv, device=self.device)
+        cache_rows = ((slots[:, None] * self.n_kv + heads) * self.capacity + positions[:, None]).view(-1)
 
         offsets, offset = [], 0
         for s in segments:
@@ -287,8 +291,8 @@ class LlamaRunner:
             qk = self._rotate(qk, cos, sin)
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
             v = qkv[:, self.q_size + self.kv_size :].view(-1, self.n_kv, self.head_dim)
-            self.k[index][slots, :, positions] = k
-            self.v[index][slots, :, positions] = v
+            self.k[index].view(-1, self.head_dim).index_copy_(0, cache_rows, k.reshape(-1, self.head_dim))
+            self.v[index].view(-1, self.head_dim).index_copy_(0, cache_rows, v.reshape(-1, self.head_dim))
 
             keys, values = self.k[index], self.v[index]
             if singles and dense and not chunks:
