@@ -330,7 +330,7 @@ def main() -> None:
     from django.conf import settings
 
     from bench.bandwidth import describe, matvec_bandwidths
-    from workers.inference.loading import serving_dtype
+    from workers.inference.loading import model_threads, serving_dtype
 
     dtype = serving_dtype("cpu", options.dtype)
     # The weights as the server holds them: float32 on disk, maybe bfloat16 in memory.
@@ -339,9 +339,18 @@ def main() -> None:
         f"model: {settings.MODEL_PATH.name} in {str(dtype).removeprefix('torch.')}, {weight_bytes / 1e6:.0f} MB of "
         f"weights; torch threads: {torch.get_num_threads()}"
     )
+    # Tokens/s if a token cost one read of the weights at the fastest mat-vec's speed: with all
+    # of torch's threads (the machine's ceiling) and with the model server's own threads.
     bandwidths = matvec_bandwidths(weight_bytes)
-    ceiling = max(bandwidths.values()) / weight_bytes  # tokens/s if a token cost one read of the weights
-    print(f"one mat-vec over {weight_bytes / 1e6:.0f} MB: {describe(bandwidths)}")
+    ceiling = max(bandwidths.values()) / weight_bytes
+    print(f"one mat-vec over {weight_bytes / 1e6:.0f} MB, {torch.get_num_threads()} threads: {describe(bandwidths)}")
+    threads, everyone = model_threads(settings.MODEL_THREADS), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    own = matvec_bandwidths(weight_bytes) if threads != everyone else bandwidths
+    torch.set_num_threads(everyone)
+    own_ceiling = max(own.values()) / weight_bytes
+    if threads != everyone:
+        print(f"the same with the model server's {threads} thread(s): {describe(own)}")
     # The baseline is the faster of Hugging Face generate in float32 and in the server's precision.
     naive = {str(d).removeprefix("torch."): naive_generate(options.tokens, d) for d in {torch.float32, dtype}}
     name, (gen, first, cand) = min(naive.items(), key=lambda item: item[1][0])
@@ -359,7 +368,8 @@ def main() -> None:
         single = asyncio.run(run_level(services, 1, 64, 2))
         print(
             f"single stream: server {single['per_learner']:.1f} tok/s, memory-bandwidth ceiling {ceiling:.1f} tok/s "
-            f"(the fastest mat-vec above): {single['per_learner'] / ceiling:.0%} of the ceiling"
+            f"(the fastest mat-vec above): {single['per_learner'] / ceiling:.0%} of the ceiling; "
+            f"{single['per_learner'] / own_ceiling:.0%} of the {own_ceiling:.1f} tok/s that {threads} thread(s) can stream"
         )
         header = f"{'learners':>8} | {'aggregate tok/s':>20} | {'per learner tok/s':>18} | {'TTFT p50/p95 ms':>22} | {'candidates p50/p95 ms':>24}"
         print(header)

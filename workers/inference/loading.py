@@ -21,6 +21,13 @@ def cpu_has_native_bfloat16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def model_threads(setting: int = 0) -> int:
+    """CPU threads for the model server: `setting` (MODEL_THREADS), or for 0 one less than the
+    cores, at least one. The spare core is the web server's, Redis's and the worker's: with every
+    core busy, torch's threads wait on each other at every barrier (README.md, Benchmarks)."""
+    return setting or max(1, (os.cpu_count() or 2) - 1)
+
+
 def serving_dtype(device: str, name: str = "auto"):
     """The torch dtype to serve in: `name` (float32, bfloat16, float16), or for "auto" bfloat16
     on a GPU and on a CPU with native bfloat16 instructions, float32 on other CPUs (there

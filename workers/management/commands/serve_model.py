@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 
 from django.conf import settings
@@ -21,16 +20,14 @@ class Command(BaseCommand):
         from channels.layers import get_channel_layer
 
         from workers.inference.engine import Engine
-        from workers.inference.loading import load_model
+        from workers.inference.loading import load_model, model_threads
         from workers.inference.model_files import is_prepared
         from workers.inference.server import ModelServer
 
         logging.getLogger("workers").setLevel(logging.INFO)
         import torch
 
-        # One core is left to the web server, Redis and the worker: with every core busy,
-        # torch's threads wait on each other at every barrier (README.md, Benchmarks).
-        torch.set_num_threads(settings.MODEL_THREADS or max(1, (os.cpu_count() or 2) - 1))
+        torch.set_num_threads(model_threads(settings.MODEL_THREADS))
         if not is_prepared(settings.MODEL_PATH):
             raise CommandError(f"no model in {settings.MODEL_PATH}: run `python manage.py prepare_model` first")
         model, tokenizer = load_model(settings.MODEL_PATH, device, settings.MODEL_DTYPE)
