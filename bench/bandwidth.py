@@ -5,8 +5,8 @@ no faster than memory delivers those bytes. How fast that is, is measured here r
 taken from a data sheet: one mat-vec over a matrix as large as the model's weights (far past
 every cache), done each way PyTorch offers, and the fastest way is the ceiling. A slow kernel
 must not lower the ceiling: on a CPU with bfloat16 instructions, oneDNN's bfloat16 mat-vec
-reads memory faster than MKL's float32 one (47 against 26 GB/s on the development machine, two
-threads), so both are measured.
+reads memory faster than MKL's float32 one (40 to 51 against 26 GB/s on the development
+machine, two threads), so both are measured.
 
 Used by bench_model_server.py (the single-stream ceiling) and bench_kernels.py.
 """

@@ -344,12 +344,13 @@ def main() -> None:
     bandwidths = matvec_bandwidths(weight_bytes)
     ceiling = max(bandwidths.values()) / weight_bytes
     print(f"one mat-vec over {weight_bytes / 1e6:.0f} MB, {torch.get_num_threads()} threads: {describe(bandwidths)}")
-    threads, everyone = model_threads(settings.MODEL_THREADS), torch.get_num_threads()
-    torch.set_num_threads(threads)
-    own = matvec_bandwidths(weight_bytes) if threads != everyone else bandwidths
-    torch.set_num_threads(everyone)
-    own_ceiling = max(own.values()) / weight_bytes
-    if threads != everyone:
+    threads, own_ceiling = model_threads(settings.MODEL_THREADS), ceiling
+    if threads != torch.get_num_threads():
+        everyone = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        own = matvec_bandwidths(weight_bytes)
+        torch.set_num_threads(everyone)
+        own_ceiling = max(own.values()) / weight_bytes
         print(f"the same with the model server's {threads} thread(s): {describe(own)}")
     # The baseline is the faster of Hugging Face generate in float32 and in the server's precision.
     naive = {str(d).removeprefix("torch."): naive_generate(options.tokens, d) for d in {torch.float32, dtype}}
