@@ -62,7 +62,7 @@ def fused_attention_limit(dtype: torch.dtype, device: torch.device) -> float:
     two plain products with a float32 softmax are faster for bfloat16 on a CPU
     (bench/bench_kernels.py, one thread: 1 row x 64 positions 2.7x faster fused, 4 x 64 1.2x,
     4 x 320 0.76x, 16 x 64 0.58x; a 16-row decoding step 18% faster). In float32 the fused
-    kernel is the faster one at every size measured (16 x 320: 1.2x), and so on a GPU."""
+    kernel is the faster one at every size measured (16 x 320: 1.2x); a GPU uses it throughout."""
     if device.type == "cpu" and dtype == torch.bfloat16:
         return 512
     return math.inf

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from workers.inference.loading import model_threads
 from workers.jobs.actions import submit_job
 from workers.jobs.runner import JobCancelled, JobError, JobRunner
 from workers.models import Job
@@ -178,7 +178,7 @@ class QuantizationJobRunner(JobRunner):
                     should_stop=self.should_stop,
                     # The worker child is alone on its cores; torch's threads stall each other
                     # whenever another process takes one (see README, "The shared model").
-                    threads=settings.MODEL_THREADS or max(1, (os.cpu_count() or 2) - 1),
+                    threads=model_threads(settings.MODEL_THREADS),
                 )
         except ComparisonStopped:
             raise JobCancelled from None
